@@ -1,0 +1,40 @@
+# The two set-up commands: `make demo` (the main job on embedded defaults) and `make test`.
+# Each creates .venv if missing and installs the project into it (CPU torch, pinned).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Offline always (shared/STACK.md); PREFECT_HOME stays inside the project.
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+export DVC_NO_ANALYTICS=1
+export GX_ANALYTICS_ENABLED=false
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90
+export PREFECT_HOME=$(CURDIR)/.prefect
+export MPLBACKEND=Agg
+
+.PHONY: demo test install benchmark clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and exactly pinned: a looser spec pulls a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mesa demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/read_shards.py
+
+clean:
+	rm -rf .prefect reports data/raw.building

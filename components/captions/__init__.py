@@ -1,0 +1,1 @@
+"""Caption components: offline region layers and caption building for MESA-style prompts."""

@@ -1,0 +1,444 @@
+"""The synthetic Major TOM world: real land cells on the real grid, written in the upstream schema.
+
+Real Major TOM cannot be downloaded here, so the demo and the tests train on a stand-in that is
+structurally exact (same shards, columns, GeoTIFFs, CRSs, sizes) and statistically meaningful:
+landform classes with clearly different relief, colours from the biome the captions will name,
+seasons, clouds, no-data borders, and an L1C variant that keeps the terrain shading that L2A
+flattens. A few deliberately broken rows give validation something to catch.
+
+Three steps, so a flow can map the middle one over shards:
+    plan = plan_world(params)          # which cells, what each looks like (deterministic by seed)
+    build_shard(out, plan, shard_idx)  # render + encode + write one shard per source
+    finish_world(out, plan, results)   # metadata.parquet per source, region layers, world manifest
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from components.atomic import write_text_atomic
+from components.captions.layers import open_layer
+from components.majortom.geotiff import encode_geotiff
+from components.majortom.grid import cell_footprint, default_grid, utm_epsg
+from components.majortom.schema import S2_BAND_RESOLUTION_M, S2_BANDS_L1C, S2_BANDS_L2A, TILE_SIDE_M
+from components.majortom.shards import METADATA_FILE, SHARD_DIR, write_metadata, write_shard
+from components.majortom.synthetic.render import render_cell
+from components.majortom.synthetic.terrain import LANDFORM_CLASSES, hillshade, synth_dem, upsample_dem
+
+WORLD_MANIFEST = "world.parquet"  # ground truth per cell (landform, biome, broken kind): not upstream
+LAYERS_DIR = "layers"
+BROKEN_KINDS = ("corrupt_geotiff", "all_cloud", "ocean_flat", "antarctica", "crs_mismatch", "missing_dem")
+DEM_NODATA = -32768.0
+# Processing baseline 04.00 (from 2022-01-25) adds +1000 to Sentinel-2 digital numbers.
+BASELINE_04_START = datetime(2022, 1, 25)
+RADIOMETRIC_OFFSET = 1000
+
+_BASE_ELEVATION_M = {"plains": (0, 400), "tablelands": (400, 1600), "hills": (100, 900),
+                     "low mountains": (200, 1500), "high mountains": (800, 2600)}
+_LANDFORM_REGION_NOUN = {"plains": "Lowlands", "tablelands": "Plateau", "hills": "Hills",
+                         "low mountains": "Ranges", "high mountains": "Highlands"}
+
+
+class SynthParams(BaseModel):
+    """Parameters of the synthetic world (params.yaml group `synth`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 42
+    cells: int = Field(256, ge=1, description="good cells; broken rows come on top")
+    cells_per_shard: int = Field(32, ge=1)
+    landforms: list[str] = Field(default_factory=lambda: list(LANDFORM_CLASSES))
+    broken_rows: bool = True
+    cloudy_share: float = Field(0.3, ge=0, le=1)
+    max_cloud_cover: float = Field(0.5, ge=0, le=1)
+    nodata_border_share: float = Field(0.15, ge=0, le=1)
+    date_range: tuple[str, str] = ("2017-03-01", "2024-10-31")
+    workers: int = Field(2, ge=1)
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """Everything that decides how one cell looks; rendering is a pure function of it."""
+
+    index: int
+    grid_cell: str
+    row: int
+    col: int
+    centre_lat: float
+    centre_lon: float
+    landform: str
+    base_elevation_m: float
+    country: str | None
+    biome_num: int | None
+    biome_name: str | None
+    acquired: datetime
+    cloud_cover: float
+    nodata_border: bool
+    broken: str | None
+    seed: int
+
+
+@dataclass(frozen=True)
+class WorldPlan:
+    params: SynthParams
+    cells: tuple[CellPlan, ...]
+
+    def shards(self) -> list[list[CellPlan]]:
+        n = self.params.cells_per_shard
+        return [list(self.cells[i:i + n]) for i in range(0, len(self.cells), n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Plan
+
+
+def _sample_land_cells(rng: np.random.Generator, wanted: int) -> pd.DataFrame:
+    """Unique grid cells whose centres are on land (country and biome known), outside Antarctica."""
+    grid = default_grid()
+    country_layer, biome_layer = open_layer({"kind": "country"}), open_layer({"kind": "biome_proxy"})
+    found: dict[str, dict] = {}
+    while len(found) < wanted:
+        n = max(4 * wanted, 2000)
+        # Uniform on the sphere between 56 S and 72 N (where nearly all land but Antarctica is).
+        lat = np.degrees(np.arcsin(rng.uniform(np.sin(np.radians(-56)), np.sin(np.radians(72)), n)))
+        lon = rng.uniform(-180, 180, n)
+        rows, cols = grid.latlon_to_rowcol(lat, lon)
+        clat, clon = grid.cell_centre_latlon(rows, cols)
+        country = country_layer.lookup(clat, clon)
+        biome = biome_layer.lookup(clat, clon)
+        on_land = country["country"].notna().to_numpy() & biome["biome_num"].notna().to_numpy()
+        for i in np.flatnonzero(on_land):
+            name = grid.cell_name(int(rows[i]), int(cols[i]))
+            if name in found:
+                continue
+            found[name] = dict(grid_cell=name, row=int(rows[i]), col=int(cols[i]), centre_lat=float(clat[i]),
+                               centre_lon=float(clon[i]), country=country["country"].iloc[i],
+                               biome_num=int(biome["biome_num"].iloc[i]), biome_name=biome["biome_name"].iloc[i])
+            if len(found) == wanted:
+                break
+    return pd.DataFrame(list(found.values()))
+
+
+def _cell_at(lat: float, lon: float) -> dict:
+    grid = default_grid()
+    row, col = grid.latlon_to_rowcol(lat, lon)
+    clat, clon = grid.cell_centre_latlon(row, col)
+    return dict(grid_cell=grid.cell_name(row, col), row=int(row), col=int(col), centre_lat=float(clat),
+                centre_lon=float(clon), country=None, biome_num=None, biome_name=None)
+
+
+def plan_world(params: SynthParams) -> WorldPlan:
+    """Choose the cells and how each looks; deterministic for a given params (seed included)."""
+    unknown = sorted(set(params.landforms) - set(LANDFORM_CLASSES))
+    if unknown:
+        raise ValueError(f"synth.landforms has unknown classes {unknown}; choose from {list(LANDFORM_CLASSES)}")
+    rng = np.random.default_rng(params.seed)
+    land = _sample_land_cells(rng, params.cells)
+    # Balanced classes: a shuffled round robin, so every class gets cells / len(classes) (+1).
+    landforms = [params.landforms[i % len(params.landforms)] for i in range(len(land))]
+    rng.shuffle(landforms)
+    land["landform"] = landforms
+    land["broken"] = None
+    if params.broken_rows:
+        land = pd.concat([land, _broken_cells(land, rng)], ignore_index=True)
+
+    start, end = (datetime.fromisoformat(d) for d in params.date_range)
+    span_s = (end - start).total_seconds()
+    cells = []
+    for index, cell in enumerate(land.itertuples(index=False)):
+        low, high = _BASE_ELEVATION_M[cell.landform]
+        # Base elevation varies smoothly with location (continental-scale highs and lows) and per cell.
+        regional = 0.5 + 0.5 * np.sin(np.radians(cell.centre_lat * 3)) * np.cos(np.radians(cell.centre_lon * 2))
+        base = low + (high - low) * (0.6 * regional + 0.4 * rng.uniform())
+        # Sentinel-2 passes at about 10:30 local solar time.
+        day = start + timedelta(seconds=float(rng.uniform(0, span_s)))
+        solar_offset = timedelta(hours=cell.centre_lon / 15.0)
+        acquired = (day.replace(hour=10, minute=30, second=0, microsecond=0) - solar_offset
+                    + timedelta(minutes=float(rng.uniform(-20, 20)))).replace(microsecond=0)
+        cloudy = rng.uniform() < params.cloudy_share
+        cloud_cover = float(rng.uniform(0.02, params.max_cloud_cover)) if cloudy else 0.0
+        nodata_border = bool(rng.uniform() < params.nodata_border_share)
+        broken = cell.broken if isinstance(cell.broken, str) else None
+        if broken == "all_cloud":
+            cloud_cover, nodata_border = 1.0, False
+        if broken == "ocean_flat":
+            base = 0.0
+        cells.append(CellPlan(
+            index=index, grid_cell=cell.grid_cell, row=cell.row, col=cell.col,
+            centre_lat=cell.centre_lat, centre_lon=cell.centre_lon, landform=cell.landform,
+            base_elevation_m=round(float(base), 1), country=cell.country if isinstance(cell.country, str) else None,
+            biome_num=None if pd.isna(cell.biome_num) else int(cell.biome_num),
+            biome_name=cell.biome_name if isinstance(cell.biome_name, str) else None,
+            acquired=acquired, cloud_cover=cloud_cover, nodata_border=nodata_border, broken=broken,
+            seed=int(rng.integers(0, 2**31 - 1)),
+        ))
+    return WorldPlan(params=params, cells=tuple(cells))
+
+
+def _broken_cells(land: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """One cell of each kind validation must catch; the land ones reuse nothing from the good cells."""
+    taken = set(land["grid_cell"])
+    extra = _sample_land_cells(rng, len(land) + 8)
+    extra = extra[~extra["grid_cell"].isin(taken)].head(4).reset_index(drop=True)
+    rows = []
+    for kind, source in zip(("corrupt_geotiff", "all_cloud", "crs_mismatch", "missing_dem"), extra.to_dict("records")):
+        rows.append({**source, "landform": "hills", "broken": kind})
+    # Mid-Pacific (no land within hundreds of km) and the East Antarctic ice sheet.
+    rows.append({**_cell_at(-8.0, -140.0), "landform": "plains", "broken": "ocean_flat"})
+    rows.append({**_cell_at(-77.5, 106.0), "landform": "plains", "broken": "antarctica", "biome_num": None})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Build one shard per source
+
+
+def _product_ids(cell: CellPlan) -> tuple[str, str, str]:
+    """Sentinel-2 style product ids for L2A and L1C, and a Copernicus DEM tile id."""
+    when = cell.acquired.strftime("%Y%m%dT%H%M%S")
+    baseline = "N0400" if cell.acquired >= BASELINE_04_START else "N0214"
+    zone = utm_epsg(cell.centre_lat, cell.centre_lon) % 100
+    band = "CDEFGHJKLMNPQRSTUVWX"[min(max(int((cell.centre_lat + 80) // 8), 0), 19)]
+    tile = f"T{zone:02d}{band}{'ABCDEFGH'[cell.seed % 8]}{'KLMNPQRS'[(cell.seed // 8) % 8]}"
+    platform = "S2A" if cell.seed % 2 else "S2B"
+    orbit = f"R{cell.seed % 143 + 1:03d}"
+    processed = (cell.acquired + timedelta(hours=3)).strftime("%Y%m%dT%H%M%S")
+    l2a = f"{platform}_MSIL2A_{when}_{baseline}_{orbit}_{tile}_{processed}"
+    l1c = f"{platform}_MSIL1C_{when}_{baseline}_{orbit}_{tile}_{processed}"
+    ns, ew = ("N" if cell.centre_lat >= 0 else "S"), ("E" if cell.centre_lon >= 0 else "W")
+    dem = (f"Copernicus_DSM_COG_10_{ns}{abs(int(np.floor(cell.centre_lat))):02d}_00_"
+           f"{ew}{abs(int(np.floor(cell.centre_lon))):03d}_00_DEM")
+    return l2a, l1c, dem
+
+
+def _thumbnail_rgb(red: np.ndarray, green: np.ndarray, blue: np.ndarray, offset: int) -> bytes:
+    """Upstream's thumbnail rule: gain 1.3 * (reflectance) ** 0.6 of B04/B03/B02; a 356 px PNG here."""
+    rgb = np.stack([red, green, blue], axis=-1)[::3, ::3].astype(np.float32)
+    reflectance = np.clip((rgb - offset) / 10_000.0, 0, 1)
+    image = np.clip(1.3 * reflectance ** 0.6 * 255, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _placeholder(band: str, value: int) -> np.ndarray:
+    side = TILE_SIDE_M // S2_BAND_RESOLUTION_M[band]
+    return np.full((side, side), value, dtype=np.uint16)
+
+
+def _render(cell: CellPlan):
+    rng = np.random.default_rng(cell.seed)
+    if cell.broken == "ocean_flat":
+        dem30 = np.zeros((356, 356), dtype=np.float32)
+    else:
+        dem30 = synth_dem(cell.landform, rng, size=356, pixel_m=30.0, base_elevation_m=cell.base_elevation_m)
+    dem10 = upsample_dem(dem30, 3)
+    # Antarctic and open-ocean cells: no biome palette (ice / water are chosen by the renderer for None).
+    rendered = render_cell(dem10, 10.0, cell.biome_num, cell.acquired.month, cell.centre_lat, rng,
+                           cloud_cover=cell.cloud_cover, nodata_border=cell.nodata_border)
+    return dem30, rendered
+
+
+def build_shard(out: str | Path, plan: WorldPlan, shard_index: int) -> dict:
+    """Render and write shard `shard_index` of every source; return its metadata rows and sizes."""
+    out = Path(out)
+    cells = plan.shards()[shard_index]
+    shard_name = f"{SHARD_DIR}/part_{shard_index:05d}.parquet"
+    rows: dict[str, list[dict]] = {"s2l2a": [], "s2l1c": [], "dem": []}
+    metadata: dict[str, list[dict]] = {"s2l2a": [], "s2l1c": [], "dem": []}
+    for cell in cells:
+        footprint = cell_footprint(cell.grid_cell)
+        epsg = footprint.epsg
+        if cell.broken == "crs_mismatch":
+            epsg = epsg + 1 if epsg % 100 < 60 else epsg - 1  # the neighbouring UTM zone
+        crs = f"EPSG:{epsg}"
+        t10, t30 = footprint.transform(10.0), footprint.transform(30.0)
+        dem30, rendered = _render(cell)
+        l2a_id, l1c_id, dem_id = _product_ids(cell)
+        offset = RADIOMETRIC_OFFSET if cell.acquired >= BASELINE_04_START else 0
+        common = dict(grid_cell=cell.grid_cell, grid_row_u=cell.row, grid_col_r=cell.col,
+                      centre_lat=cell.centre_lat, centre_lon=cell.centre_lon, crs=crs,
+                      parquet_url=shard_name)
+        for source, bands, product_id, level in (("s2l2a", S2_BANDS_L2A, l2a_id, rendered.l2a),
+                                                 ("s2l1c", S2_BANDS_L1C, l1c_id, rendered.l1c)):
+            # The offset applies to valid pixels only; no-data stays 0 as in real products.
+            rgb = {b: np.where(rendered.nodata, 0, level[b].astype(np.uint32) + offset).astype(np.uint16)
+                   for b in ("B02", "B03", "B04")}
+            row = dict(product_id=product_id, grid_cell=cell.grid_cell,
+                       product_datetime=cell.acquired.strftime("%Y%m%dT%H%M%S"),
+                       thumbnail=_thumbnail_rgb(rgb["B04"], rgb["B03"], rgb["B02"], offset),
+                       cloud_mask=encode_geotiff(rendered.cloud_mask, crs, t10))
+            for band in bands:
+                if band in rgb:
+                    row[band] = encode_geotiff(rgb[band], crs, t10, nodata=0)
+                else:
+                    res = S2_BAND_RESOLUTION_M[band]
+                    row[band] = encode_geotiff(_placeholder(band, 1000 + offset), crs,
+                                               footprint.transform(float(res)), nodata=0)
+            if cell.broken == "corrupt_geotiff" and source == "s2l2a":
+                row["B04"] = row["B04"][: len(row["B04"]) // 3]  # a truncated download
+            metadata[source].append(dict(common, product_id=product_id, timestamp=cell.acquired,
+                                         cloud_cover=round(float(rendered.cloud_cover_pct), 4),
+                                         nodata=round(rendered.nodata_fraction, 6),
+                                         parquet_row=len(rows[source])))
+            rows[source].append(row)
+        if cell.broken == "missing_dem":
+            continue
+        shade = (hillshade(dem30, 30.0) * 255).astype(np.uint8)
+        rows["dem"].append(dict(
+            grid_cell=cell.grid_cell, thumbnail=_png(shade),
+            # "compressed": integer metres + 32768 as a 16-bit PNG (lossless to 1 m).
+            compressed=_png(np.clip(np.round(dem30) + 32768, 0, 65535).astype(np.uint16)),
+            DEM=encode_geotiff(dem30.astype(np.float32), crs, t30, nodata=DEM_NODATA),
+        ))
+        metadata["dem"].append(dict(common, product_id=dem_id, timestamp=datetime(2021, 4, 22),
+                                    cloud_cover=0.0, nodata=0.0, parquet_row=len(rows["dem"]) - 1))
+    placeholders = {"s2l2a": [b for b in S2_BANDS_L2A if b not in ("B02", "B03", "B04")],
+                    "s2l1c": [b for b in S2_BANDS_L1C if b not in ("B02", "B03", "B04")], "dem": []}
+    sizes = {}
+    for source in rows:
+        path = out / source / shard_name
+        note = {"mesa:synthetic": "true", "mesa:placeholder_bands": json.dumps(placeholders[source])}
+        write_shard(path, source, rows[source], file_metadata=note)
+        sizes[source] = path.stat().st_size
+    return {"shard": shard_index, "metadata": metadata, "bytes": sizes}
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Finish: metadata, region layers, manifest
+
+
+def _cell_box(row: int, col: int):
+    """The cell's grid box in lat/lon: from its bottom-left point to the next row's and column's."""
+    from shapely.geometry import box
+
+    grid = default_grid()
+    lat0, lon0 = grid.cell_origin(row, col)
+    lat1 = lat0 + 180.0 / np.ceil(np.pi * 6378.137 / grid.dist_km)
+    lon1 = lon0 + 360.0 / grid.columns_in_row(row)
+    return box(lon0, lat0, lon1, lat1)
+
+
+def write_region_layers(folder: str | Path, cells: Sequence[CellPlan]) -> dict[str, Path]:
+    """The world's own ecoregions (RESOLVE field names) and named landform regions, as GeoPackages.
+
+    Ecoregions group good cells by country and biome; landform regions by country and class.
+    Polygons are unions of the cells' grid boxes, so they never overlap.
+    """
+    import geopandas as gpd
+    from shapely.ops import unary_union
+
+    folder = Path(folder)
+    good = [c for c in cells if c.broken is None and c.country and c.biome_name]
+    eco_rows, landform_rows = [], []
+    by_eco: dict[tuple, list[CellPlan]] = {}
+    by_landform: dict[tuple, list[CellPlan]] = {}
+    for cell in good:
+        by_eco.setdefault((cell.country, cell.biome_num, cell.biome_name), []).append(cell)
+        by_landform.setdefault((cell.country, cell.landform), []).append(cell)
+    for (country, biome_num, biome_name), members in sorted(by_eco.items()):
+        eco_rows.append({"ECO_NAME": f"{country} {biome_name.split('&')[0].strip().lower()}",
+                         "BIOME_NUM": float(biome_num), "BIOME_NAME": biome_name,
+                         "REALM": _realm(members[0].centre_lat, members[0].centre_lon),
+                         "geometry": unary_union([_cell_box(c.row, c.col) for c in members])})
+    for (country, landform), members in sorted(by_landform.items()):
+        landform_rows.append({"NAME": f"The {country} {_LANDFORM_REGION_NOUN[landform]}", "LANDFORM": landform,
+                              "geometry": unary_union([_cell_box(c.row, c.col) for c in members])})
+    paths = {"ecoregions": folder / "ecoregions.gpkg", "landforms": folder / "landforms.gpkg"}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, records in (("ecoregions", eco_rows), ("landforms", landform_rows)):
+        frame = gpd.GeoDataFrame(records, geometry="geometry", crs="EPSG:4326")
+        tmp = paths[name].with_suffix(".tmp.gpkg")
+        tmp.unlink(missing_ok=True)
+        frame.to_file(tmp, driver="GPKG", layer=name)
+        tmp.replace(paths[name])
+    return paths
+
+
+def _realm(lat: float, lon: float) -> str:
+    """A rough biogeographic realm from position (RESOLVE's REALM field), good enough for names."""
+    if lon < -30:
+        return "Nearctic" if lat > 15 else "Neotropic"
+    if lon > 110 and lat < -10:
+        return "Australasia"
+    if lat > 30 or (lon < 60 and lat > 20):
+        return "Palearctic"
+    return "Afrotropic" if lon < 60 else "Indomalayan"
+
+
+def finish_world(out: str | Path, plan: WorldPlan, shard_results: Sequence[dict]) -> dict:
+    """Write each source's metadata.parquet, the region layers and the world manifest; return a report."""
+    out = Path(out)
+    results = sorted(shard_results, key=lambda r: r["shard"])
+    for source in ("s2l2a", "s2l1c", "dem"):
+        rows = [row for result in results for row in result["metadata"][source]]
+        write_metadata(out / source / METADATA_FILE, pd.DataFrame(rows))
+    write_region_layers(out / LAYERS_DIR, plan.cells)
+    manifest = pd.DataFrame([{**asdict(c), "acquired": c.acquired} for c in plan.cells])
+    manifest["shard"] = [i // plan.params.cells_per_shard for i in range(len(manifest))]
+    manifest.to_parquet(out / WORLD_MANIFEST, index=False)
+    good = manifest[manifest["broken"].isna()]
+    return {
+        "cells_total": int(len(manifest)),
+        "cells_good": int(len(good)),
+        "cells_broken": int(manifest["broken"].notna().sum()),
+        "cells_per_landform": {k: int(v) for k, v in good["landform"].value_counts().sort_index().items()},
+        "shards": len(results),
+        "bytes": int(sum(sum(r["bytes"].values()) for r in results)),
+    }
+
+
+def build_world(out: str | Path, params: SynthParams,
+                map_shards: Callable[[Callable[[int], dict], Sequence[int]], list[dict]] | None = None,
+                progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """Plan, build every shard (in parallel threads unless `map_shards` is given) and finish the world.
+
+    Args:
+        out: folder that receives s2l2a/, s2l1c/, dem/, layers/ and world.parquet.
+        params: the world's parameters.
+        map_shards: how to run `build(shard_index)` over the shard indices (a flow passes Prefect
+            task mapping here); default: a thread pool of `params.workers`.
+        progress: called as progress(done, total, what) after each shard.
+    """
+    started = time.perf_counter()
+    plan = plan_world(params)
+    indices = list(range(len(plan.shards())))
+
+    def build(index: int) -> dict:
+        result = build_shard(out, plan, index)
+        if progress:
+            build.done += 1
+            progress(build.done, len(indices), "shards")
+        return result
+
+    build.done = 0
+    if map_shards is None:
+        with ThreadPoolExecutor(max_workers=params.workers) as pool:
+            results = list(pool.map(build, indices))
+    else:
+        results = map_shards(build, indices)
+    report = finish_world(out, plan, results)
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    report["params"] = params.model_dump()
+    return report
+
+
+def write_report(path: str | Path, report: dict) -> None:
+    write_text_atomic(path, json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")

@@ -1,0 +1,124 @@
+"""`mesa`: the one command-line entry point (every command has --help)."""
+from __future__ import annotations
+
+from flows.settings import configure_environment
+
+configure_environment()  # before Prefect, DVC or HF libraries are imported anywhere below
+
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
+
+import typer  # noqa: E402
+
+app = typer.Typer(help="MESA text-to-terrain: data, training and MLOps pipeline.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
+data_app = typer.Typer(help="Data steps that are useful alone (synth, summary).", no_args_is_help=True)
+profile_app = typer.Typer(help="Parameter profiles (demo, micro, paper).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(profile_app, name="profile")
+
+
+def _root() -> Path:
+    from flows.settings import project_root
+
+    return project_root()
+
+
+@app.command()
+def retrain(
+    profile: Optional[str] = typer.Option(None, help="Apply this profile to params.yaml first (demo, micro, paper)."),
+    stage: Optional[list[str]] = typer.Option(None, "--stage", help="Run only these stages (repeatable)."),
+    force: bool = typer.Option(False, help="Rerun stages even when DVC says they are up to date."),
+) -> None:
+    """The main job: every pipeline stage (DVC) as Prefect tasks on one Prefect API, then a summary."""
+    from flows.main import run_main_job
+
+    run_main_job(_root(), profile=profile, stages=stage, force=force)
+
+
+@app.command()
+def demo(force: bool = typer.Option(False, help="Rerun stages even when up to date.")) -> None:
+    """The main job on the embedded defaults (demo profile, synthetic world, CPU)."""
+    from flows.main import run_main_job
+
+    run_main_job(_root(), profile="demo", stages=None, force=force)
+
+
+@app.command("stage")
+def stage_command(name: str = typer.Argument(..., help="Stage name as in dvc.yaml (e.g. synth).")) -> None:
+    """Run one pipeline stage (what dvc.yaml's cmd calls). Reads params.yaml, writes the stage's outs."""
+    from flows.stages import run_stage
+
+    run_stage(name, _root())
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(Path("data/raw"), help="Folder for s2l2a/, s2l1c/, dem/ and layers/."),
+    cells: Optional[int] = typer.Option(None, help="Good cells to generate (default: params synth.cells)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default: params synth.seed)."),
+    broken: Optional[bool] = typer.Option(None, "--broken/--no-broken", help="Add deliberately broken rows."),
+    workers: Optional[int] = typer.Option(None, help="Shards built in parallel."),
+) -> None:
+    """Generate a synthetic Major TOM world (upstream schema) into OUT."""
+    from components.majortom.synthetic.world import SynthParams, build_world
+    from components.params import load_params
+
+    root = _root()
+    params = load_params(root).get("synth", {}) if (root / "params.yaml").exists() else {}
+    overrides = {k: v for k, v in dict(cells=cells, seed=seed, broken_rows=broken, workers=workers).items()
+                 if v is not None}
+    synth = SynthParams(**{**params, **overrides})
+    report = build_world(out, synth, progress=_progress_printer("synth"))
+    typer.echo(f"Wrote {report['cells_total']} cells ({report['cells_broken']} deliberately broken) in "
+               f"{report['shards']} shards per source, {report['bytes'] / 1e6:.1f} MB, "
+               f"{report['seconds']:.1f} s -> {out}/")
+
+
+@data_app.command("summary")
+def data_summary(
+    raw: Path = typer.Argument(Path("data/raw"), help="Folder with s2l2a/, s2l1c/, dem/."),
+    decode: bool = typer.Option(True, help="Decode RGB + cloud mask + DEM of every cell (reads it all back)."),
+) -> None:
+    """Read a Major TOM folder back and print a summary (cells per class, shards, bytes, decode speed)."""
+    from components.majortom.summary import format_summary, summarise_world
+
+    typer.echo(format_summary(summarise_world(raw, decode=decode)))
+
+
+@profile_app.command("use")
+def profile_use(name: str) -> None:
+    """Write profile NAME's values into params.yaml (DVC then records them)."""
+    from components.params import apply_profile
+
+    changed = apply_profile(name, _root())
+    for key, (old, new) in changed.items():
+        typer.echo(f"{key}: {old} -> {new}")
+    typer.echo(f"params.yaml now uses profile {name!r} ({len(changed)} values changed)")
+
+
+@profile_app.command("show")
+def profile_show() -> None:
+    """List the profiles and the values each sets."""
+    from components.params import available_profiles, load_params, profile_overrides
+
+    root = _root()
+    typer.echo(f"current: {load_params(root).get('profile')}")
+    for name in available_profiles(root):
+        typer.echo(f"{name}: {json.dumps(profile_overrides(name, root))}")
+
+
+def _progress_printer(label: str):
+    started = time.perf_counter()
+
+    def show(done: int, total: int, what: str = "") -> None:
+        elapsed = time.perf_counter() - started
+        typer.echo(f"[{label}] {done}/{total} {what} ({elapsed:.0f} s)", err=True)
+
+    return show
+
+
+if __name__ == "__main__":
+    app()

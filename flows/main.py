@@ -1,0 +1,33 @@
+"""The main job as users run it: apply the profile, own one Prefect API, run retrain, print a summary."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from components.params import apply_profile, load_params
+from flows.prefect_api import owned_prefect_api
+
+
+def run_main_job(root: Path, profile: str | None, stages: list[str] | None, force: bool) -> list[dict]:
+    from components.majortom.summary import format_summary, summarise_world
+    from flows.retrain import retrain
+
+    started = time.perf_counter()
+    if profile:
+        changed = apply_profile(profile, root)
+        print(f"profile {profile!r} applied to params.yaml ({len(changed)} values changed)")
+    with owned_prefect_api() as api_url:
+        print(f"Prefect API for this run: {api_url}")
+        results = retrain(project_dir=str(root), api_url=api_url, stages=stages, force=force)
+    print("\nStages:")
+    for result in results:
+        state = "ran" if result["ran"] else "up to date, skipped"
+        print(f"  {result['stage']:10s} {state} ({result['seconds']} s)")
+    params = load_params(root)
+    raw = root / params["data"]["raw_dir"]
+    if raw.exists():
+        print()
+        print(format_summary(summarise_world(raw, decode=True)))
+    print(f"\nDone in {time.perf_counter() - started:.0f} s. Outputs: {raw}/, reports/; "
+          f"data versions in dvc.lock (dvc status, dvc push).")
+    return results

@@ -1,0 +1,65 @@
+"""One Prefect API per run, and stage processes that report to it as subflows.
+
+The retrain flow owns the API: the team server when PREFECT_API_URL is set, otherwise Prefect's
+ephemeral server, started once here. Stage processes (run by DVC) get its URL and the id of the
+task that launched them, so their flows show up as subflows of the run on the same server.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID
+
+PARENT_TASK_ENV = "MESA_PARENT_TASK_RUN_ID"
+
+
+@contextlib.contextmanager
+def owned_prefect_api() -> Iterator[str]:
+    """Yield the API URL for this run, starting (and finally stopping) an ephemeral server if none is set."""
+    from prefect.settings import get_current_settings
+
+    configured = get_current_settings().api.url
+    if configured:
+        yield str(configured)
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = SubprocessASGIServer()
+    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            os.environ["PREFECT_API_URL"] = server.api_url
+            try:
+                yield server.api_url
+            finally:
+                os.environ.pop("PREFECT_API_URL", None)
+    finally:
+        server.stop()
+
+
+def stage_process_env(api_url: str, parent_task_run_id: str | None) -> dict[str, str]:
+    """Environment for a stage subprocess: the run's API and the task to attach its flow to."""
+    env = dict(os.environ, PREFECT_API_URL=api_url)
+    if parent_task_run_id:
+        env[PARENT_TASK_ENV] = str(parent_task_run_id)
+    return env
+
+
+def run_as_subflow(flow: Any, **parameters: Any) -> Any:
+    """Run `flow(**parameters)`; under a retrain run, as a subflow of the task that started this process."""
+    parent = os.environ.get(PARENT_TASK_ENV)
+    if not parent:
+        return flow(**parameters)
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+    from prefect.states import Pending
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run(
+            flow=flow, parameters=flow.serialize_parameters(parameters), state=Pending(),
+            parent_task_run_id=UUID(parent),
+        )
+    return run_flow(flow, flow_run=flow_run, parameters=parameters)

@@ -1,0 +1,51 @@
+"""Shared test set-up: offline settings, a private Prefect home, one micro world per session."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before any Prefect / HF / DVC import: offline, and Prefect's database out of the user's home.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="mesa-prefect-home-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+from flows.settings import configure_environment  # noqa: E402
+
+configure_environment(Path(__file__).resolve().parents[1])
+
+import pytest  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def micro_synth_params(**overrides):
+    """The project's synth params with the micro profile applied (what tests lean on)."""
+    from components.majortom.synthetic.world import SynthParams
+    from components.params import load_params, profile_overrides
+
+    synth = dict(load_params(PROJECT_ROOT)["synth"])
+    for key, value in profile_overrides("micro", PROJECT_ROOT).items():
+        group, _, leaf = key.partition(".")
+        if group == "synth":
+            synth[leaf] = value
+    synth.update(overrides)
+    return SynthParams(**synth)
+
+
+@pytest.fixture(scope="session")
+def micro_world(tmp_path_factory):
+    """One synthetic micro world (with its deliberately broken rows) for every test that reads data."""
+    from components.majortom.synthetic.world import build_world
+
+    out = tmp_path_factory.mktemp("micro-world") / "raw"
+    report = build_world(out, micro_synth_params())
+    return out, report
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real Prefect server for the session (the test harness), yielding its API URL."""
+    from prefect.settings import get_current_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(get_current_settings().api.url)
