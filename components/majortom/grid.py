@@ -207,7 +207,9 @@ class MajorTomGrid:
         self._col_labels = np.array(
             [f"{abs(c)}{'R' if c >= 0 else 'L'}" for c in range(self._col_min, col_max + 1)]
         )
-        for arr in (self.row_lats, self.row_numbers, self.col_counts, self.right_counts):
+        # Read-only: default_grid() shares one instance across callers.
+        for arr in (self.row_lats, self.row_numbers, self.col_counts, self.right_counts,
+                    self._row_labels, self._col_labels):
             arr.setflags(write=False)
 
     def __repr__(self) -> str:

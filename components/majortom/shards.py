@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import fsspec
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,8 +21,8 @@ import pyarrow.parquet as pq
 from components.atomic import atomic_write
 from components.majortom.errors import RejectedRow, ShardError
 from components.majortom.geotiff import Raster, decode_geotiff
-from components.majortom.grid import cell_footprint
-from components.majortom.schema import METADATA_SCHEMA, SHARD_SCHEMAS, raster_spec
+from components.majortom.grid import cell_footprint, default_grid
+from components.majortom.schema import METADATA_SCHEMA, SHARD_SCHEMAS, TILE_SIDE_M, raster_spec
 
 SHARD_DIR = "images"  # upstream layout: <source>/images/part_00000.parquet + <source>/metadata.parquet
 METADATA_FILE = "metadata.parquet"
@@ -130,9 +129,39 @@ def _check_columns(shard: str, source: str, schema: pa.Schema, columns: Sequence
                              "Rewrite the shard in the upstream schema.")
 
 
+ALIGNMENT_TOLERANCE_M = 1.0
+
+
+class _FootprintCache:
+    """Footprints of one cell per CRS. A Core tile is cut in its Sentinel-2 product's UTM zone,
+    which is not always the zone of the cell's own grid point, so the CRS comes from the tile."""
+
+    def __init__(self, shard: str, row: int, grid_cell: str):
+        self.shard, self.row, self.grid_cell = shard, row, grid_cell
+        self._by_crs: dict[str, object] = {}
+        try:
+            default_grid().parse_cell(grid_cell)
+        except (ValueError, TypeError) as exc:
+            raise ShardError(shard, row, grid_cell, "grid_cell", "bad_grid_cell", str(exc),
+                             "Grid cells are named like '454U_120R' (Major TOM 10 km grid).") from None
+
+    def get(self, column: str, crs: str):
+        if crs not in self._by_crs:
+            code = crs.upper().removeprefix("EPSG:")
+            utm = code.isdigit() and int(code) // 100 in (326, 327) and 1 <= int(code) % 100 <= 60
+            if not utm:
+                raise ShardError(self.shard, self.row, self.grid_cell, column, "crs_mismatch",
+                                 f"CRS is {crs or 'missing'}, not a UTM zone",
+                                 "Major TOM tiles are cut in UTM; exclude this tile.")
+            self._by_crs[crs] = cell_footprint(self.grid_cell, epsg=int(code))
+        return self._by_crs[crs]
+
+
 def decode_cell_raster(shard: str, row: int, grid_cell: str, source: str, column: str,
-                       data: bytes | None, check_crs: bool = True) -> Raster:
-    """Decode one GeoTIFF cell value and check dtype, shape and CRS; ShardError names where it failed."""
+                       data: bytes | None, footprints: _FootprintCache | None) -> Raster:
+    """Decode one GeoTIFF cell value and check dtype, shape and (with `footprints`) that the tile
+    sits on the cell: a UTM CRS, the band's pixel size, and its origin at the cell's bottom-left grid
+    point minus the 340 m margin in that CRS. A ShardError names where it failed."""
     if data is None:
         raise ShardError(shard, row, grid_cell, column, "missing_value", "the value is null",
                          "Drop the cell or re-download it.")
@@ -151,12 +180,18 @@ def decode_cell_raster(shard: str, row: int, grid_cell: str, source: str, column
         raise ShardError(shard, row, grid_cell, column, "wrong_shape",
                          f"shape is {raster.array.shape}, expected ({spec.side_px}, {spec.side_px})",
                          "Each Major TOM tile covers 10,680 m at the band's native resolution.")
-    if check_crs:
-        expected_crs = f"EPSG:{cell_footprint(grid_cell).epsg}"
-        if raster.crs != expected_crs:
+    if footprints is not None:
+        footprint = footprints.get(column, raster.crs)
+        left, _, _, top = footprint.bounds
+        pixel_m = TILE_SIDE_M / spec.side_px
+        off = max(abs(raster.transform.c - left), abs(raster.transform.f - top))
+        if off > ALIGNMENT_TOLERANCE_M or abs(raster.transform.a - pixel_m) > 1e-6 \
+                or abs(raster.transform.e + pixel_m) > 1e-6:
             raise ShardError(shard, row, grid_cell, column, "crs_mismatch",
-                             f"CRS is {raster.crs or 'missing'}, but the cell lies in UTM zone {expected_crs}",
-                             "The tile is misaligned with its grid cell; exclude it.")
+                             f"the tile is misaligned with its grid cell: origin ({raster.transform.c:.1f}, "
+                             f"{raster.transform.f:.1f}) and pixel {raster.transform.a:g} m in {raster.crs}, "
+                             f"expected ({left:.1f}, {top:.1f}) and {pixel_m:g} m (off by {off:.0f} m)",
+                             "Exclude the tile, or re-cut it on the Major TOM grid.")
     return raster
 
 
@@ -179,7 +214,7 @@ def read_shard(
         rows: row indices to read (as in metadata's parquet_row); default all.
         on_error: "raise" stops at the first bad row with a ShardError; "collect" yields a
             RejectedRow for it (and for every row of a shard whose schema is wrong) and goes on.
-        check_crs: check every raster's CRS against the UTM zone of its grid cell.
+        check_crs: check that every raster sits on its grid cell (UTM CRS, pixel size, origin).
     """
     if on_error not in ("raise", "collect"):
         raise ValueError(f"on_error must be 'raise' or 'collect', not {on_error!r}")
@@ -212,9 +247,10 @@ def read_shard(
                                 values.get("product_id", [None] * n_rows)[offset],
                                 values.get("product_datetime", [None] * n_rows)[offset])
                 try:
+                    footprints = _FootprintCache(shard, row, grid_cell) if check_crs else None
                     for column in columns:
                         cell.rasters[column] = decode_cell_raster(
-                            shard, row, grid_cell, source, column, values[column][offset], check_crs)
+                            shard, row, grid_cell, source, column, values[column][offset], footprints)
                 except ShardError as err:
                     if on_error == "raise":
                         raise

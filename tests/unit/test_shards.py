@@ -66,6 +66,17 @@ def test_one_row_group_per_cell_and_exact_schema(good_shard):
     assert parquet.schema_arrow.remove_metadata().equals(SHARD_SCHEMAS["s2l2a"])
 
 
+def test_a_tile_cut_in_its_product_zone_not_the_grid_points_zone_is_accepted(tmp_path):
+    # Core tiles use the Sentinel-2 product's UTM zone, sometimes the neighbour of the grid point's.
+    cell = CELLS[0]
+    other = cell_footprint(cell, epsg=cell_footprint(cell).epsg + 1)
+    array = np.ones((1068, 1068), np.uint16)
+    row = _s2_row(cell, B04=encode_geotiff(array, other.crs, other.transform(10.0)))
+    write_shard(tmp_path / "p.parquet", "s2l2a", [row])
+    [decoded] = read_shard(tmp_path / "p.parquet", "s2l2a", ["B04"])
+    assert decoded.rasters["B04"].crs == other.crs
+
+
 def test_rows_selects_cells(good_shard):
     assert [c.grid_cell for c in read_shard(good_shard, "s2l2a", ["B02"], rows=[2])] == [CELLS[2]]
 
@@ -99,7 +110,8 @@ def test_column_projection_reads_only_the_requested_columns_from_disk(good_shard
     ("corrupt", "corrupt_geotiff", "cannot be decoded"),
     ("dtype", "wrong_dtype", "dtype is uint8, expected uint16"),
     ("shape", "wrong_shape", "shape is (100, 100), expected (1068, 1068)"),
-    ("crs", "crs_mismatch", "but the cell lies in UTM zone"),
+    ("crs", "crs_mismatch", "misaligned with its grid cell"),
+    ("not_utm", "crs_mismatch", "not a UTM zone"),
     ("null", "missing_value", "null"),
 ])
 def test_bad_cells_name_shard_row_cell_and_column(tmp_path, kind, reason, needle):
@@ -111,7 +123,11 @@ def test_bad_cells_name_shard_row_cell_and_column(tmp_path, kind, reason, needle
     elif kind == "shape":
         value = _band(bad_cell, "B04", 3, side=100)[1]
     elif kind == "crs":
-        value = _band(bad_cell, "B04", 3, crs="EPSG:32601")[1]
+        # Labelled as the neighbouring zone but cut in the cell's own: the origin lands far off.
+        zone = cell_footprint(bad_cell).epsg
+        value = _band(bad_cell, "B04", 3, crs=f"EPSG:{zone + 1}")[1]
+    elif kind == "not_utm":
+        value = _band(bad_cell, "B04", 3, crs="EPSG:3857")[1]
     else:
         value = None
     path = tmp_path / "part.parquet"

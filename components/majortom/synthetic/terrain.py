@@ -272,15 +272,18 @@ def synth_dem(
     return z.astype(np.float32)
 
 
-def _gradients(dem: np.ndarray, pixel_m: float) -> tuple[np.ndarray, np.ndarray]:
-    """(dz/d east, dz/d north) in m/m; rows run southwards, hence the sign on axis 0."""
+def gradients(dem: np.ndarray, pixel_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Surface gradient (dz/d east, dz/d north) in m/m, float32, central differences.
+
+    Rows run southwards, hence the sign flip on axis 0.
+    """
     d_row, d_col = np.gradient(np.asarray(dem, dtype=np.float32), np.float32(pixel_m))
     return d_col, -d_row
 
 
 def slope(dem: np.ndarray, pixel_m: float) -> np.ndarray:
     """Slope magnitude as rise over run (0.08 = 8 %), float32, central differences."""
-    gx, gy = _gradients(dem, pixel_m)
+    gx, gy = gradients(dem, pixel_m)
     return np.hypot(gx, gy)
 
 
@@ -343,12 +346,18 @@ def hillshade(
     Returns:
         float32 in [0, 1]; flat ground gives sin(altitude).
     """
-    gx, gy = _gradients(dem, pixel_m)
+    gx, gy = gradients(dem, pixel_m)
+    return shade_from_gradients(gx, gy, azimuth_deg, altitude_deg)
+
+
+def shade_from_gradients(gx: np.ndarray, gy: np.ndarray, azimuth_deg: float, altitude_deg: float) -> np.ndarray:
+    """Hillshade from precomputed gradients (see gradients); float32 in [0, 1]."""
     az, alt = np.deg2rad(azimuth_deg), np.deg2rad(altitude_deg)
     sx, sy, sz = np.sin(az) * np.cos(alt), np.cos(az) * np.cos(alt), np.sin(alt)
-    # Normal (-gx, -gy, 1) / |.|, dotted with the unit vector towards the sun.
-    shade = (np.float32(sz) - gx * np.float32(sx) - gy * np.float32(sy)) / np.sqrt(1.0 + gx * gx + gy * gy)
-    return np.clip(shade, 0.0, 1.0).astype(np.float32)
+    # Unit normal (-gx, -gy, 1) / |.| dotted with the unit vector pointing at the sun.
+    shade = np.float32(sz) - gx * np.float32(sx) - gy * np.float32(sy)
+    shade /= np.sqrt(np.float32(1.0) + gx * gx + gy * gy)
+    return np.clip(shade, 0.0, 1.0, out=shade)
 
 
 def upsample_dem(dem_30m: np.ndarray, factor: int = 3) -> np.ndarray:
