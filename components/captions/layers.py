@@ -810,48 +810,89 @@ class BiomeProxyLayer:
         )
 
     def _nearest_land(self, lat: np.ndarray, lon: np.ndarray, max_m: float) -> np.ndarray:
-        """Zone of the nearest land pixel within max_m metres (ocean zone where none)."""
+        """Zone of the nearest land pixel within max_m metres (ocean zone where none).
+
+        Distance: great-circle (haversine, mean Earth radius) from the point to the
+        nearest point of each pixel's lat/lon rectangle.  The search window is +-ny rows
+        and +-nx columns, nx widened with latitude; points whose window is wide (high
+        latitudes) are searched one at a time on a 2-D window, the others together, one
+        pixel offset at a time.
+        """
         h, w = self._raster.shape
         ry, rx = 180.0 / h, 360.0 / w
         iy = np.clip(np.floor((90.0 - lat) / ry).astype(np.int64), 0, h - 1)
         ix = np.floor((lon + 180.0) / rx).astype(np.int64) % w
-        coslat = np.cos(np.radians(lat))
         ny = int(math.ceil(max_m / (_M_PER_DEG * ry)))
         cos_edge = np.cos(np.radians(np.minimum(np.abs(lat) + max_m / _M_PER_DEG, 90.0)))
         with np.errstate(divide="ignore"):
             nx = np.ceil(max_m / (_M_PER_DEG * rx * cos_edge))
         nx = np.minimum(np.nan_to_num(nx, nan=w // 2, posinf=w // 2), w // 2).astype(np.int64)
+        out = np.full(lat.size, self._ocean, dtype=np.uint8)
+        narrow = np.nonzero(nx <= 64)[0]
+        if narrow.size:
+            out[narrow] = self._nearest_land_offsets(lat[narrow], lon[narrow], iy[narrow], ix[narrow], nx[narrow], ny, max_m)
+        for i in np.nonzero(nx > 64)[0]:
+            out[i] = self._nearest_land_window(lat[i], lon[i], iy[i], ix[i], int(nx[i]), ny, max_m)
+        return out
+
+    @staticmethod
+    def _haversine_m(lat: np.ndarray, lat_c: np.ndarray, dlon_deg: np.ndarray) -> np.ndarray:
+        p1, p2 = np.radians(lat), np.radians(lat_c)
+        a = np.sin(0.5 * (p2 - p1)) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(0.5 * np.radians(dlon_deg)) ** 2
+        return 2.0 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+
+    @staticmethod
+    def _dlon_to_pixel(lon: np.ndarray, ix: np.ndarray, dx: np.ndarray | int, rx: float) -> np.ndarray:
+        """Longitude distance (deg) from lon, in pixel ix, to the pixel dx columns away."""
+        dx = np.asarray(dx)
+        right = (ix + dx) * rx - 180.0 - lon  # to the near (west) edge of a pixel to the east
+        left = lon - ((ix + dx + 1) * rx - 180.0)  # to the near (east) edge of a pixel to the west
+        return np.where(dx > 0, right, np.where(dx < 0, left, 0.0))
+
+    def _nearest_land_offsets(self, lat, lon, iy, ix, nx, ny, max_m) -> np.ndarray:
+        h, w = self._raster.shape
+        ry, rx = 180.0 / h, 360.0 / w
         order = np.argsort(-nx, kind="stable")  # widest searches first: prefix slices below
-        lat, lon, iy, ix, coslat, nx = lat[order], lon[order], iy[order], ix[order], coslat[order], nx[order]
-        count_at_least = np.searchsorted(-nx, -np.arange(int(nx[0]) + 1), side="right")
+        lat, lon, iy, ix, nx = lat[order], lon[order], iy[order], ix[order], nx[order]
+        n_with = np.searchsorted(-nx, -np.arange(int(nx[0]) + 1), side="right")  # count nx >= k
         best_d = np.full(lat.size, np.inf)
         best_zone = np.full(lat.size, self._ocean, dtype=np.uint8)
-        kx = coslat * _M_PER_DEG
         for dy in range(-ny, ny + 1):
             yy = iy + dy
             row_ok = (yy >= 0) & (yy < h)
             yy = np.clip(yy, 0, h - 1)
             top = 90.0 - yy * ry
-            dlat_m = (lat - np.clip(lat, top - ry, top)) * _M_PER_DEG
+            lat_c = np.clip(lat, top - ry, top)
             for dx in range(-int(nx[0]), int(nx[0]) + 1):
-                m = int(count_at_least[abs(dx)])
-                if m == 0:
-                    continue
+                m = int(n_with[abs(dx)])
                 s = slice(0, m)
-                if dx > 0:
-                    dlon = (ix[s] + dx) * rx - 180.0 - lon[s]
-                elif dx < 0:
-                    dlon = lon[s] - ((ix[s] + dx + 1) * rx - 180.0)
-                else:
-                    dlon = np.zeros(m)
-                d = np.hypot(dlon * kx[s], dlat_m[s])
                 z = self._raster[yy[s], (ix[s] + dx) % w]
-                better = row_ok[s] & self._is_land[z] & (d <= max_m) & (d < best_d[s])
+                cand = row_ok[s] & self._is_land[z]
+                if not cand.any():
+                    continue
+                d = self._haversine_m(lat[s], lat_c[s], self._dlon_to_pixel(lon[s], ix[s], dx, rx))
+                better = cand & (d <= max_m) & (d < best_d[s])
                 best_d[s] = np.where(better, d, best_d[s])
                 best_zone[s] = np.where(better, z, best_zone[s])
         out = np.empty_like(best_zone)
         out[order] = best_zone
         return out
+
+    def _nearest_land_window(self, lat, lon, iy, ix, nx, ny, max_m) -> int:
+        h, w = self._raster.shape
+        ry, rx = 180.0 / h, 360.0 / w
+        rows = np.arange(max(iy - ny, 0), min(iy + ny, h - 1) + 1)
+        dxs = np.arange(-nx, nx + 1)
+        z = self._raster[rows[:, None], (ix + dxs[None, :]) % w]
+        land = self._is_land[z]
+        if not land.any():
+            return self._ocean
+        top = 90.0 - rows * ry
+        lat_c = np.clip(lat, top - ry, top)[:, None]
+        dlon = self._dlon_to_pixel(np.float64(lon), np.int64(ix), dxs, rx)[None, :]
+        d = np.where(land, self._haversine_m(np.float64(lat), lat_c, dlon), np.inf)
+        k = int(np.argmin(d))
+        return int(z.flat[k]) if d.flat[k] <= max_m else self._ocean
 
 
 # --------------------------------------------------------------------------------------
