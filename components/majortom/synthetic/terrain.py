@@ -149,7 +149,7 @@ def _thermal_erosion(z: np.ndarray, pixel_m: float, talus: float, iterations: in
     for _ in range(iterations):
         for axis in (0, 1):
             d = np.diff(z, axis=axis)
-            move = np.sign(d) * np.maximum(np.abs(d) - limit, 0.0) * np.float32(0.25)
+            move = np.sign(d) * np.maximum(np.abs(d) - limit, 0.0) * np.float32(0.45)
             if axis == 0:
                 z[:-1] += move
                 z[1:] -= move
@@ -192,16 +192,19 @@ def _hills(noise: _NoiseMaker, rng: np.random.Generator, relief: float) -> np.nd
 
 
 def _mountains(noise: _NoiseMaker, rng: np.random.Generator, relief: float, high: bool) -> np.ndarray:
-    wavelength = rng.uniform(6000.0, 10000.0) if high else rng.uniform(4000.0, 7000.0)
-    ridges = _ridged(noise, wavelength, 5 if high else 4, 0.55)
-    rough = noise.fbm(3.2, 120.0, wavelength)
-    h = _normalise(ridges) + np.float32(0.35 if high else 0.5) * _normalise(rough)
+    # Ridge spacing and the steep (beta 3.6) fine spectrum keep median slopes near 15 degrees
+    # for low and 30-40 degrees for high mountains.
+    wavelength = rng.uniform(8000.0, 11000.0) if high else rng.uniform(5000.0, 7000.0)
+    ridges = _ridged(noise, wavelength, 4 if high else 3, 0.45)
+    rough = noise.fbm(3.6, 250.0 if high else 400.0, wavelength)
+    h = _normalise(ridges) + np.float32(0.3 if high else 0.5) * _normalise(rough)
     h = _warp(_normalise(h), noise, 0.03 * wavelength, wavelength)
     # Broad valley floors, sharper peaks (a cheap stand-in for fluvial erosion).
     h = np.clip(h, 0.0, None) ** np.float32(rng.uniform(1.05, 1.3))
     h = _valley_fill(h, noise.pixel_m, 250.0, 0.5)
     z = _normalise(h) * np.float32(relief)
-    z = _thermal_erosion(z, noise.pixel_m, talus=0.9, iterations=6)
+    # A few thermal-erosion passes soften the steepest steps into scree slopes.
+    z = _thermal_erosion(z, noise.pixel_m, talus=0.75, iterations=8)
     return _normalise(z) * np.float32(relief)
 
 

@@ -343,6 +343,7 @@ def write_region_layers(folder: str | Path, cells: Sequence[CellPlan]) -> dict[s
     Polygons are unions of the cells' grid boxes, so they never overlap.
     """
     import geopandas as gpd
+    import pyogrio
     from shapely.ops import unary_union
 
     folder = Path(folder)
@@ -363,6 +364,8 @@ def write_region_layers(folder: str | Path, cells: Sequence[CellPlan]) -> dict[s
                               "geometry": unary_union([_cell_box(c.row, c.col) for c in members])})
     paths = {"ecoregions": folder / "ecoregions.gpkg", "landforms": folder / "landforms.gpkg"}
     folder.mkdir(parents=True, exist_ok=True)
+    # GeoPackages record a "last change" time; pin it so the same world gives the same bytes.
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": "2000-01-01T00:00:00.000Z"})
     for name, records in (("ecoregions", eco_rows), ("landforms", landform_rows)):
         frame = gpd.GeoDataFrame(records, geometry="geometry", crs="EPSG:4326")
         tmp = paths[name].with_suffix(".tmp.gpkg")

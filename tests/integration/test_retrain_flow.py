@@ -1,0 +1,94 @@
+"""The main job's spine: the retrain flow runs the DVC stages as Prefect tasks on one Prefect API.
+
+Real Prefect (the test harness server), real DVC in a temporary git repository.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.params import apply_profile
+from tests.conftest import PROJECT_ROOT
+
+PROJECT_FILES = ["params.yaml", "dvc.yaml", "configs", "components", "flows", ".dvc/config", ".dvcignore",
+                 ".gitignore"]
+
+
+def _run(cmd, cwd):
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A copy of the project in a fresh git repo, on the micro profile, with `mesa` on PATH."""
+    root = tmp_path_factory.mktemp("project")
+    for name in PROJECT_FILES:
+        source = PROJECT_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, root / name)
+    apply_profile("micro", root)
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    _run(["git", "init", "-q"], root)
+    _run(["git", "add", "-A"], root)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], root)
+    return root
+
+
+def _flow_runs(flow_name: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
+
+
+def test_retrain_runs_the_stages_then_skips_them_when_nothing_changed(project, prefect_api):
+    from flows.retrain import retrain
+
+    results = retrain(project_dir=str(project), api_url=prefect_api)
+    assert [(r["stage"], r["ran"]) for r in results] == [("synth", True)]
+
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert lock["stages"]["synth"]["params"]["params.yaml"]["synth"]["cells"] == 24  # the micro profile
+    assert any(out["path"] == "data/raw" for out in lock["stages"]["synth"]["outs"])
+    report = json.loads((project / "reports" / "synth.json").read_text())
+    assert report["cells_good"] == 24 and report["cells_broken"] == 6
+    assert (project / "data/raw/s2l2a/metadata.parquet").exists()
+
+    # The stage's own flow ran in the DVC subprocess, reported to the same server, as a subflow.
+    [stage_run] = _flow_runs("stage-synth")
+    assert stage_run.state.is_completed()
+    assert stage_run.parent_task_run_id is not None
+    [parent] = _flow_runs("retrain")
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        assert client.read_task_run(stage_run.parent_task_run_id).flow_run_id == parent.id
+        shard_tasks = client.read_task_runs()
+    assert sum(t.name.startswith("synth shard") for t in shard_tasks) == 4  # 30 cells / 8 per shard
+
+    again = retrain(project_dir=str(project), api_url=prefect_api)
+    assert [(r["stage"], r["ran"]) for r in again] == [("synth", False)]
+    status = subprocess.run(["dvc", "status"], cwd=project, capture_output=True, text=True, check=True)
+    assert "up to date" in status.stdout.lower()
+
+
+def test_a_failing_stage_fails_the_flow_and_names_the_stage(project, prefect_api, tmp_path):
+    from flows.retrain import StageFailed, retrain
+
+    broken = tmp_path / "broken"
+    shutil.copytree(project, broken, ignore=shutil.ignore_patterns("data", ".dvc/cache"))
+    params = (broken / "params.yaml").read_text().replace("cells: 24", "cells: 0")
+    (broken / "params.yaml").write_text(params)
+    with pytest.raises(StageFailed, match=r"stage 'synth' failed.*\n(.|\n)*cells"):
+        retrain(project_dir=str(broken), api_url=prefect_api)
