@@ -170,12 +170,27 @@ def _valley_fill(h: np.ndarray, pixel_m: float, sigma_m: float, strength: float)
 # per-class generators: each returns a float32 surface (metres up to an offset)
 
 
+def _distance_to_zero(field: np.ndarray, pixel_m: float) -> np.ndarray:
+    """Approximate distance in metres to the field's zero contour, |f| / |grad f|.
+
+    Physical units, so features drawn along the contour keep their width at any pixel size.
+    """
+    gr, gc = np.gradient(field, np.float32(pixel_m))
+    return np.abs(field) / np.maximum(np.hypot(gr, gc), np.float32(1e-9))
+
+
 def _plains(noise: _NoiseMaker, rng: np.random.Generator, relief: float) -> np.ndarray:
     h = _normalise(noise.fbm(3.6, 700.0, 15000.0))
     if rng.random() < 0.5:
-        # A shallow, wide river valley winding across the plain.
-        v = noise.band(6000.0)
-        h -= np.float32(rng.uniform(0.2, 0.5)) * np.exp(-((v / 0.25) ** 2))
+        # A shallow, wide river valley: a line across the tile, meandering by warped noise.
+        size, pixel_m = noise.size, noise.pixel_m
+        theta = rng.uniform(0.0, np.pi)
+        y, x = (np.mgrid[0:size, 0:size].astype(np.float32) - np.float32(size / 2)) * np.float32(pixel_m)
+        across = x * np.float32(np.cos(theta)) + y * np.float32(np.sin(theta))
+        across += noise.fbm(3.5, 1500.0, 10000.0) * np.float32(rng.uniform(300.0, 1000.0))
+        across -= np.float32(rng.uniform(-0.3, 0.3) * size * pixel_m)
+        half_width = np.float32(rng.uniform(300.0, 1000.0))
+        h -= np.float32(rng.uniform(0.2, 0.5)) * np.exp(-((across / half_width) ** 2))
         h = _normalise(h)
     micro = noise.fbm(3.0, 60.0, 600.0) * np.float32(0.01)
     return (h + micro) * np.float32(relief)
@@ -213,9 +228,7 @@ def _tablelands(noise: _NoiseMaker, rng: np.random.Generator, relief: float) -> 
     size, pixel_m = noise.size, noise.pixel_m
     # Canyon axes = zero-crossings of smooth noise (they branch and meander); the distance to
     # them is |c| / |grad c| in metres, so canyon widths do not depend on the pixel size.
-    c = noise.fbm(3.5, 1500.0, rng.uniform(6000.0, 10000.0))
-    gr, gc = np.gradient(c, np.float32(pixel_m))
-    dist = np.abs(c) / np.maximum(np.hypot(gr, gc), np.float32(1e-9))
+    dist = _distance_to_zero(noise.fbm(3.5, 1500.0, rng.uniform(6000.0, 10000.0)), pixel_m)
     # Only part of the contour network is incised (gate), so the plateau stays dominant.
     gate = np.clip(0.5 + noise.fbm(3.5, 1500.0, 8000.0), 0.0, 1.0)
     floor_half = rng.uniform(80.0, 250.0)
