@@ -29,6 +29,7 @@ def encode_geotiff(
     nodata: float | None = None,
     compress: str = "zstd",
     tile_px: int = 256,
+    level: int = 3,
 ) -> bytes:
     """Encode a 2-D array as a tiled, compressed single-band GeoTIFF and return its bytes.
 
@@ -39,6 +40,7 @@ def encode_geotiff(
         nodata: the no-data value to record in the file, or None.
         compress: GDAL compression ("zstd", "deflate", "lzw").
         tile_px: internal tile size; tiles larger than the raster fall back to strips.
+        level: compression level; ZSTD 3 is ~3x faster than GDAL's default 9 for ~3 % more bytes.
     """
     if array.ndim != 2:
         raise ValueError(f"encode_geotiff expects a 2-D array, got shape {array.shape}")
@@ -49,6 +51,10 @@ def encode_geotiff(
         driver="GTiff", height=rows, width=cols, count=1, dtype=array.dtype.name, crs=crs,
         transform=transform, nodata=nodata, compress=compress, predictor=predictor,
     )
+    if compress.lower() == "zstd":
+        profile["zstd_level"] = level
+    elif compress.lower() == "deflate":
+        profile["zlevel"] = level
     if rows >= tile_px and cols >= tile_px:
         profile.update(tiled=True, blockxsize=tile_px, blockysize=tile_px)
     with rasterio.Env(**_GDAL_ENV), MemoryFile() as memfile:

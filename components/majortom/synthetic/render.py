@@ -217,7 +217,8 @@ def _fine_bank(n: int) -> np.ndarray:
     """
     p = min(512, max(64, n))
     rng = np.random.default_rng(20_240_917)
-    bank = np.stack([_fft_field(rng, p, 2.0, 1.0), _fft_field(rng, p, 2.6, 4.0)])
+    # Grain damped below ~3 px: pixel-scale noise would make every tile incompressible.
+    bank = np.stack([_fft_field(rng, p, 2.0, 3.0), _fft_field(rng, p, 2.6, 5.0)])
     reps = -(-(p + n) // p)
     bank = np.tile(bank, (1, reps, reps))[:, : p + n, : p + n].copy()
     bank.flags.writeable = False  # shared by every render (and thread): views must stay read-only
@@ -392,7 +393,9 @@ def render_cell(
     if pal.season == "temperate":
         autumn = (1.0 - pal.evergreen) * float(np.exp(-((_local_month(month, lat) - 10.0) ** 2)))
     tint = (0.04 * autumn, 0.012 * autumn, -0.004 * autumn)
-    tex = f32(1.0) + f32(0.07) * patch2 + f32(0.04) * grain + f32(0.03) * grain2
+    # Fine grain kept small: it is what makes 10 m tiles incompressible, and training sees
+    # area-downsampled images where it averages out anyway.
+    tex = f32(1.0) + f32(0.07) * patch2 + f32(0.012) * grain + f32(0.01) * grain2
     surface = {}
     for i, band in enumerate(("B04", "B03", "B02")):
         veg = f32(pal.dry[i] + tint[i]) + green * f32(pal.green[i] - pal.dry[i])
