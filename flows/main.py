@@ -10,7 +10,7 @@ from flows.prefect_api import owned_prefect_api
 
 def run_main_job(root: Path, profile: str | None, stages: list[str] | None, force: bool) -> list[dict]:
     from components.majortom.summary import format_summary, summarise_world
-    from flows.retrain import retrain
+    from flows.retrain import StageFailed, retrain
 
     started = time.perf_counter()
     if profile:
@@ -18,7 +18,10 @@ def run_main_job(root: Path, profile: str | None, stages: list[str] | None, forc
         print(f"profile {profile!r} applied to params.yaml ({len(changed)} values changed)")
     with owned_prefect_api() as api_url:
         print(f"Prefect API for this run: {api_url}")
-        results = retrain(project_dir=str(root), api_url=api_url, stages=stages, force=force)
+        try:
+            results = retrain(project_dir=str(root), api_url=api_url, stages=stages, force=force)
+        except StageFailed as failure:
+            raise SystemExit(f"\nThe main job stopped: {failure}\nFix the cause and rerun; finished stages are kept.")
     print("\nStages:")
     for result in results:
         state = "ran" if result["ran"] else "up to date, skipped"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
@@ -35,14 +36,27 @@ def owned_prefect_api() -> Iterator[str]:
             try:
                 yield server.api_url
             finally:
+                _drain_to_server()
                 os.environ.pop("PREFECT_API_URL", None)
     finally:
         server.stop()
 
 
+def _drain_to_server() -> None:
+    """Send queued logs and events while the server still listens (else they retry for a minute at exit)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
+
+
 def stage_process_env(api_url: str, parent_task_run_id: str | None) -> dict[str, str]:
     """Environment for a stage subprocess: the run's API and the task to attach its flow to."""
-    env = dict(os.environ, PREFECT_API_URL=api_url)
+    # DVC and the stage commands (`mesa stage ...`) come from this interpreter's environment,
+    # also when it was started as .venv/bin/mesa without activating the venv.
+    bin_dir = os.path.dirname(sys.executable)
+    env = dict(os.environ, PREFECT_API_URL=api_url, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     if parent_task_run_id:
         env[PARENT_TASK_ENV] = str(parent_task_run_id)
     return env

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -34,7 +35,7 @@ def dvc_stages(project_dir: str | Path) -> list[str]:
 def run_dvc_stage(stage: str, project_dir: str, api_url: str, force: bool = False) -> dict:
     """`dvc repro --single-item STAGE` in `project_dir`, streaming its output to the Prefect log."""
     logger = get_run_logger()
-    command = ["dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
+    command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
     started = time.perf_counter()
     tail: deque[str] = deque(maxlen=30)
     skipped = False
@@ -51,6 +52,11 @@ def run_dvc_stage(stage: str, project_dir: str, api_url: str, force: bool = Fals
     if proc.returncode != 0:
         raise StageFailed(f"stage {stage!r} failed (dvc repro exit {proc.returncode}). Last output:\n"
                           + "\n".join(tail))
+    if not skipped:
+        # repro copies new outputs into the cache; relinking makes the workspace share them
+        # (cache.type reflink/hardlink), so the data is on disk once.
+        subprocess.run([sys.executable, "-m", "dvc", "checkout", "--relink", "--quiet", stage],
+                       cwd=project_dir, check=True, env=stage_process_env(api_url, None))
     return {"stage": stage, "ran": not skipped, "seconds": round(time.perf_counter() - started, 1)}
 
 
