@@ -16,6 +16,7 @@ from components.params import load_params
 from flows.prefect_api import run_as_subflow
 
 REPORTS_DIR = "reports"
+SYNTH_OUT = Path("data/raw")  # the synth stage's DVC output (dvc.yaml)
 
 
 @task(task_run_name="synth shard {index}", cache_policy=NO_CACHE)
@@ -25,13 +26,26 @@ def _build_synth_shard(index: int, build) -> dict:
 
 @flow(name="stage-synth")
 def synth_stage_flow(project_dir: str) -> dict:
-    """Generate the synthetic Major TOM world into data.raw_dir (a fresh folder each run)."""
+    """Generate the synthetic Major TOM world into data/raw (a fresh folder each run)."""
     from components.majortom.synthetic.world import SynthParams, build_world, write_report
 
     root = Path(project_dir)
     params = load_params(root)
     synth = SynthParams(**params.get("synth", {}))
-    out = root / params["data"]["raw_dir"]
+    out = root / SYNTH_OUT
+    source, raw_dir = params["data"]["source"], Path(params["data"]["raw_dir"])
+    if source == "majortom":
+        if raw_dir == SYNTH_OUT:
+            raise SystemExit(f"data.source is majortom but data.raw_dir is {SYNTH_OUT}, the synth stage's own "
+                             "output (DVC clears it before each run): put real shards in another folder, e.g. "
+                             "data/majortom, and set data.raw_dir to it")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "SOURCE.txt").write_text(f"data.source is majortom: stages read real shards from {raw_dir}\n")
+        write_report(root / REPORTS_DIR / "synth.json", {"source": source, "raw_dir": str(raw_dir)})
+        return {"source": source}
+    if source != "synth" or raw_dir != SYNTH_OUT:
+        raise SystemExit(f"data.source must be synth (with data.raw_dir {SYNTH_OUT}) or majortom; "
+                         f"got source={source!r}, raw_dir={str(raw_dir)!r}")
     # DVC owns the folder: rebuild it whole so no shard of an earlier, larger world survives.
     staging = out.with_name(out.name + ".building")
     shutil.rmtree(staging, ignore_errors=True)

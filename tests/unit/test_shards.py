@@ -209,3 +209,16 @@ def test_pairing_resolves_duplicates_by_the_documented_rule_and_reports_unpaired
         ["s2l2a", "B", "s2l2a-1", "s2l2a-2"]]
     assert pairing.unpaired.values.tolist() == [["C", "s2l2a", "dem"], ["D", "dem", "s2l2a"]]
     assert pairing.cells.loc[0, "s2l2a_shard"] == str(tmp_path / "s2l2a" / "images/part_00000.parquet")
+
+
+def test_shards_and_metadata_read_through_fsspec_urls(good_shard, tmp_path):
+    # Real Major TOM lives behind URLs: the reader goes through fsspec, not open().
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/majortom/s2l2a/images/part_00000.parquet", good_shard.read_bytes())
+    cells = list(read_shard("memory:///majortom/s2l2a/images/part_00000.parquet", "s2l2a", ["B02"]))
+    assert [c.grid_cell for c in cells] == CELLS
+    meta = write_metadata(tmp_path / "metadata.parquet", _metadata("s2l2a", CELLS, [1.0, 2.0, 3.0], tmp_path))
+    memory.pipe("/majortom/s2l2a/metadata.parquet", meta.read_bytes())
+    assert read_metadata("memory:///majortom/s2l2a/metadata.parquet")["grid_cell"].tolist() == CELLS
