@@ -63,7 +63,7 @@ def encode_geotiff(
         return memfile.read()
 
 
-def decode_geotiff(data: bytes) -> Raster:
+def decode_geotiff(data: bytes | memoryview) -> Raster:
     """Decode single-band GeoTIFF bytes. Raises rasterio errors on corrupt input (callers add context)."""
     with rasterio.Env(**_GDAL_ENV), MemoryFile(data) as memfile, memfile.open() as src:
         array = src.read(1)

@@ -8,6 +8,7 @@ Writing is atomic (temporary file, then rename), one row group per cell as upstr
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -158,7 +159,7 @@ class _FootprintCache:
 
 
 def decode_cell_raster(shard: str, row: int, grid_cell: str, source: str, column: str,
-                       data: bytes | None, footprints: _FootprintCache | None) -> Raster:
+                       data: bytes | memoryview | None, footprints: _FootprintCache | None) -> Raster:
     """Decode one GeoTIFF cell value and check dtype, shape and (with `footprints`) that the tile
     sits on the cell: a UTM CRS, the band's pixel size, and its origin at the cell's bottom-left grid
     point minus the 340 m margin in that CRS. A ShardError names where it failed."""
@@ -220,8 +221,7 @@ def read_shard(
         raise ValueError(f"on_error must be 'raise' or 'collect', not {on_error!r}")
     shard = str(path)
     meta_columns = ["grid_cell"] + (["product_id", "product_datetime"] if source != "dem" else [])
-    with fsspec.open(shard, "rb") as handle:
-        parquet = pq.ParquetFile(handle)
+    with _open_parquet(shard) as parquet:
         try:
             _check_columns(shard, source, parquet.schema_arrow, list(meta_columns) + list(columns))
         except ShardError as err:
@@ -237,8 +237,11 @@ def read_shard(
             row_index += n_rows
             if wanted is not None and not wanted.intersection(group_rows):
                 continue
-            table = parquet.read_row_group(group, columns=meta_columns + list(columns))
-            values = {name: table.column(name).to_pylist() for name in table.column_names}
+            # One cell per row group upstream: a thread pool per tiny read costs more than it saves.
+            table = parquet.read_row_group(group, columns=meta_columns + list(columns), use_threads=False)
+            values = {name: table.column(name).to_pylist() for name in meta_columns}
+            # GeoTIFF bytes are handed to the decoder as views on Arrow's buffers: no copy.
+            blobs = {name: table.column(name).combine_chunks() for name in columns}
             for offset, row in enumerate(group_rows):
                 if wanted is not None and row not in wanted:
                     continue
@@ -250,13 +253,31 @@ def read_shard(
                     footprints = _FootprintCache(shard, row, grid_cell) if check_crs else None
                     for column in columns:
                         cell.rasters[column] = decode_cell_raster(
-                            shard, row, grid_cell, source, column, values[column][offset], footprints)
+                            shard, row, grid_cell, source, column, _view(blobs[column][offset]), footprints)
                 except ShardError as err:
                     if on_error == "raise":
                         raise
                     yield RejectedRow.from_error(source, err)
                     continue
                 yield cell
+
+
+def _view(value: pa.Scalar) -> memoryview | None:
+    return memoryview(value.as_buffer()) if value.is_valid else None
+
+
+@contextlib.contextmanager
+def _open_parquet(shard: str) -> Iterator[pq.ParquetFile]:
+    """Local files are memory-mapped (no copy through a Python file object); URLs go through fsspec."""
+    if "://" not in shard or shard.startswith("file://"):
+        parquet = pq.ParquetFile(shard.removeprefix("file://"), memory_map=True)
+        try:
+            yield parquet
+        finally:
+            parquet.close()
+        return
+    with fsspec.open(shard, "rb") as handle:
+        yield pq.ParquetFile(handle)
 
 
 def _reject_whole_shard(parquet: pq.ParquetFile, source: str, err: ShardError) -> Iterator[RejectedRow]:
