@@ -14,6 +14,7 @@ Three steps, so a flow can map the middle one over shards:
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from components.atomic import write_text_atomic
 from components.captions.layers import open_layer
 from components.majortom.geotiff import encode_geotiff
-from components.majortom.grid import cell_footprint, default_grid, utm_epsg
+from components.majortom.grid import EARTH_RADIUS_KM, cell_footprint, default_grid, utm_epsg
 from components.majortom.schema import S2_BAND_RESOLUTION_M, S2_BANDS_L1C, S2_BANDS_L2A, TILE_SIDE_M
 from components.majortom.shards import METADATA_FILE, SHARD_DIR, write_metadata, write_shard
 from components.majortom.synthetic.render import render_cell
@@ -173,7 +174,7 @@ def plan_world(params: SynthParams) -> WorldPlan:
         if broken == "all_cloud":
             cloud_cover, nodata_border = 1.0, False
         if broken == "ocean_flat":
-            base = 0.0
+            base, cloud_cover, nodata_border = 0.0, 0.0, False  # clear open sea, painted after rendering
         cells.append(CellPlan(
             index=index, grid_cell=cell.grid_cell, row=cell.row, col=cell.col,
             centre_lat=cell.centre_lat, centre_lon=cell.centre_lon, landform=cell.landform,
@@ -249,9 +250,15 @@ def _render(cell: CellPlan):
     else:
         dem30 = synth_dem(cell.landform, rng, size=356, pixel_m=30.0, base_elevation_m=cell.base_elevation_m)
     dem10 = upsample_dem(dem30, 3)
-    # Antarctic and open-ocean cells: no biome palette (ice / water are chosen by the renderer for None).
+    # No biome (Antarctica): the renderer's rock-and-ice palette.
     rendered = render_cell(dem10, 10.0, cell.biome_num, cell.acquired.month, cell.centre_lat, rng,
                            cloud_cover=cell.cloud_cover, nodata_border=cell.nodata_border)
+    if cell.broken == "ocean_flat":
+        # Open sea: dark water, a little brighter at top of atmosphere (path radiance, bluer).
+        ripple = rng.normal(0.0, 0.002, dem10.shape).astype(np.float32)
+        for band, water, path in (("B02", 0.045, 0.075), ("B03", 0.040, 0.045), ("B04", 0.025, 0.028)):
+            rendered.l2a[band] = np.round((water + ripple) * 10_000).astype(np.uint16)
+            rendered.l1c[band] = np.round((0.9 * (water + ripple) + path) * 10_000).astype(np.uint16)
     return dem30, rendered
 
 
@@ -330,7 +337,7 @@ def _cell_box(row: int, col: int):
 
     grid = default_grid()
     lat0, lon0 = grid.cell_origin(row, col)
-    lat1 = lat0 + 180.0 / np.ceil(np.pi * 6378.137 / grid.dist_km)
+    lat1 = lat0 + 180.0 / np.ceil(np.pi * EARTH_RADIUS_KM / grid.dist_km)  # the grid's row spacing
     lon1 = lon0 + 360.0 / grid.columns_in_row(row)
     return box(lon0, lat0, lon1, lat1)
 
@@ -423,14 +430,14 @@ def build_world(out: str | Path, params: SynthParams,
     plan = plan_world(params)
     indices = list(range(len(plan.shards())))
 
+    finished = itertools.count(1)  # next() is atomic, so worker threads can share it
+
     def build(index: int) -> dict:
         result = build_shard(out, plan, index)
         if progress:
-            build.done += 1
-            progress(build.done, len(indices), "shards")
+            progress(next(finished), len(indices), "shards")
         return result
 
-    build.done = 0
     if map_shards is None:
         with ThreadPoolExecutor(max_workers=params.workers) as pool:
             results = list(pool.map(build, indices))
