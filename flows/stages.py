@@ -17,6 +17,7 @@ from flows.prefect_api import run_as_subflow
 
 REPORTS_DIR = "reports"
 SYNTH_OUT = Path("data/raw")  # the synth stage's DVC output (dvc.yaml)
+CURATED_DIR = Path("data/curated")
 
 
 @task(task_run_name="synth shard {index}", cache_policy=NO_CACHE)
@@ -63,7 +64,75 @@ def synth_stage_flow(project_dir: str) -> dict:
     return report
 
 
-STAGE_FLOWS = {"synth": synth_stage_flow}
+@task(task_run_name="measure {label}", cache_policy=NO_CACHE)
+def _measure_shard(label: str, cells, cloud_classes: list[int]):
+    from components.curation.measure import measure_cells
+
+    return measure_cells(cells, cloud_classes)
+
+
+@flow(name="stage-validate")
+def validate_stage_flow(project_dir: str) -> dict:
+    """Curate the raw data: contracts, per-cell statistics (one decode pass), the paper's filters."""
+    import pandas as pd
+
+    from components.curation import curate
+    from components.curation.contracts import (DEFAULT_CONTRACT_PARAMS, metadata_suite, row_failures,
+                                               stats_suite, validate_table)
+    from components.curation.filters import apply_filters
+    from components.majortom.shards import drop_duplicate_cells
+
+    root = Path(project_dir)
+    params = load_params(root)
+    settings = params["validate"]
+    contract_params = {**DEFAULT_CONTRACT_PARAMS, **(settings.get("contract") or {})}
+    curated = root / CURATED_DIR
+    validation = curated / "validation"
+    sources = curate.read_sources(root / params["data"]["raw_dir"])
+    rejects = []
+
+    # 1. Metadata contracts, per source, after the duplicate rule.
+    for source, metadata in sources.metadata.items():
+        unique, _ = drop_duplicate_cells(metadata, source)
+        suite = metadata_suite(source, contract_params)
+        result = validate_table(unique, suite)
+        result.save_json(validation / f"{source}_metadata.json")
+        rejects.append(curate.contract_rejects(unique, row_failures(unique, suite), result, source))
+        print(f"[validate] {source} metadata: {len(unique)} cells, contract "
+              f"{'passed' if result.success else 'found per-cell failures'}", flush=True)
+
+    # 2. Pair the sources and measure every paired cell once, a shard per task.
+    pairing = curate.pair(sources)
+    groups = curate.shard_groups(pairing)
+    labels = [Path(g["s2l2a_shard"].iloc[0]).name for g in groups]
+    results = [f.result() for f in _measure_shard.map(label=labels, cells=groups,
+                                                       cloud_classes=unmapped(list(settings["cloud_classes"])))]
+    stats = pd.concat([frame for frame, _ in results], ignore_index=True)
+    unreadable = curate.reader_rejects([row for _, rows in results for row in rows])
+    rejects.append(unreadable)
+    print(f"[validate] measured {len(stats)} cells in {len(groups)} shards; "
+          f"{unreadable['grid_cell'].nunique()} could not be read", flush=True)
+
+    # 3. The statistics contract and the filters, on the cells that could be read.
+    readable = stats[~stats["grid_cell"].isin(set(unreadable["grid_cell"]))].merge(
+        pairing.cells[["grid_cell", "centre_lat", "centre_lon"]], on="grid_cell")
+    suite = stats_suite(contract_params)
+    result = validate_table(readable, suite)
+    result.save_json(validation / "cell_statistics.json")
+    rejects.append(curate.contract_rejects(readable, row_failures(readable, suite), result, "stats"))
+    hits = apply_filters(readable, settings["filters"])
+    rejects.append(hits.assign(source="stats", detail="rule " + hits["reason"]))
+
+    # 4. Every input cell in the index or in rejected, with its reasons.
+    index, rejected = curate.assemble(pairing, stats, pd.concat(rejects, ignore_index=True))
+    report = curate.curation_report(sources, index, rejected)
+    curate.write_outputs(curated, index, rejected, report, root / REPORTS_DIR / "curation.json")
+    print(f"[validate] kept {report['kept_cells']} of {report['input_cells']} cells; rejected per reason: "
+          f"{report['rejected_per_reason']} -> {curated}/index.parquet, rejected.parquet", flush=True)
+    return report
+
+
+STAGE_FLOWS = {"synth": synth_stage_flow, "validate": validate_stage_flow}
 
 
 def run_stage(name: str, project_dir: str | Path) -> object:

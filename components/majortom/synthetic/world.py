@@ -62,7 +62,7 @@ class SynthParams(BaseModel):
     landforms: list[str] = Field(default_factory=lambda: list(LANDFORM_CLASSES))
     broken_rows: bool = True
     cloudy_share: float = Field(0.3, ge=0, le=1)
-    max_cloud_cover: float = Field(0.5, ge=0, le=1)
+    max_cloud_cover: float = Field(0.4, ge=0, le=1)
     nodata_border_share: float = Field(0.15, ge=0, le=1)
     date_range: tuple[str, str] = ("2017-03-01", "2024-10-31")
     workers: int = Field(2, ge=1)
@@ -168,8 +168,10 @@ def plan_world(params: SynthParams) -> WorldPlan:
         acquired = (day.replace(hour=10, minute=30, second=0, microsecond=0) - solar_offset
                     + timedelta(minutes=float(rng.uniform(-20, 20)))).replace(microsecond=0)
         cloudy = rng.uniform() < params.cloudy_share
-        cloud_cover = float(rng.uniform(0.02, params.max_cloud_cover)) if cloudy else 0.0
         nodata_border = bool(rng.uniform() < params.nodata_border_share)
+        # A good cell keeps most of its area usable: a swath edge comes with at most light cloud.
+        max_cloud = min(params.max_cloud_cover, 0.15) if nodata_border else params.max_cloud_cover
+        cloud_cover = float(rng.uniform(0.02, max_cloud)) if cloudy else 0.0
         broken = cell.broken if isinstance(cell.broken, str) else None
         if broken == "all_cloud":
             cloud_cover, nodata_border = 1.0, False
