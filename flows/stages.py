@@ -77,8 +77,8 @@ def validate_stage_flow(project_dir: str) -> dict:
     import pandas as pd
 
     from components.curation import curate
-    from components.curation.contracts import (DEFAULT_CONTRACT_PARAMS, metadata_suite, row_failures,
-                                               stats_suite, validate_table)
+    from components.curation.contracts import (DEFAULT_CONTRACT_PARAMS, build_data_docs, get_context,
+                                               metadata_suite, row_failures, stats_suite, validate_table)
     from components.curation.filters import apply_filters
     from components.majortom.shards import drop_duplicate_cells
 
@@ -89,13 +89,14 @@ def validate_stage_flow(project_dir: str) -> dict:
     curated = root / CURATED_DIR
     validation = curated / "validation"
     sources = curate.read_sources(root / params["data"]["raw_dir"])
+    context = get_context(validation)  # a file context: results and Data Docs stay inspectable
     rejects = []
 
     # 1. Metadata contracts, per source, after the duplicate rule.
     for source, metadata in sources.metadata.items():
         unique, _ = drop_duplicate_cells(metadata, source)
         suite = metadata_suite(source, contract_params)
-        result = validate_table(unique, suite)
+        result = validate_table(unique, suite, context=context)
         result.save_json(validation / f"{source}_metadata.json")
         rejects.append(curate.contract_rejects(unique, row_failures(unique, suite), result, source))
         print(f"[validate] {source} metadata: {len(unique)} cells, contract "
@@ -117,7 +118,7 @@ def validate_stage_flow(project_dir: str) -> dict:
     readable = stats[~stats["grid_cell"].isin(set(unreadable["grid_cell"]))].merge(
         pairing.cells[["grid_cell", "centre_lat", "centre_lon"]], on="grid_cell")
     suite = stats_suite(contract_params)
-    result = validate_table(readable, suite)
+    result = validate_table(readable, suite, context=context)
     result.save_json(validation / "cell_statistics.json")
     rejects.append(curate.contract_rejects(readable, row_failures(readable, suite), result, "stats"))
     hits = apply_filters(readable, settings["filters"])
@@ -125,10 +126,13 @@ def validate_stage_flow(project_dir: str) -> dict:
 
     # 4. Every input cell in the index or in rejected, with its reasons.
     index, rejected = curate.assemble(pairing, stats, pd.concat(rejects, ignore_index=True))
+    index = curate.relative_shard_paths(index, root)  # the same data gives the same bytes anywhere
     report = curate.curation_report(sources, index, rejected)
     curate.write_outputs(curated, index, rejected, report, root / REPORTS_DIR / "curation.json")
+    docs = build_data_docs(validation)
     print(f"[validate] kept {report['kept_cells']} of {report['input_cells']} cells; rejected per reason: "
-          f"{report['rejected_per_reason']} -> {curated}/index.parquet, rejected.parquet", flush=True)
+          f"{report['rejected_per_reason']} -> {curated}/index.parquet, rejected.parquet; "
+          f"Data Docs: {docs}", flush=True)
     return report
 
 

@@ -114,6 +114,22 @@ def write_outputs(curated_dir: str | Path, index: pd.DataFrame, rejected: pd.Dat
     write_text_atomic(report_path, json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
+def relative_shard_paths(index: pd.DataFrame, root: str | Path) -> pd.DataFrame:
+    """Shard paths inside the project written relative to its root (readers resolve them there)."""
+    root = Path(root).resolve()
+    out = index.copy()
+    for column in [c for c in out.columns if c.endswith("_shard")]:
+        out[column] = [_relative(p, root) for p in out[column]]
+    return out
+
+
+def _relative(path, root: Path):
+    if not isinstance(path, str) or "://" in path:
+        return path
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else path
+
+
 def pair(sources: Sources) -> Pairing:
     return pair_sources(sources.metadata, sources.paths)
 
@@ -122,15 +138,19 @@ def contract_rejects(table: pd.DataFrame, failures: pd.DataFrame, result, source
     """Per-cell contract failures as rejects; a failure no row explains stops the stage.
 
     Args:
-        table: the validated table; failures: (grid_cell, expectation, column) from row_failures;
+        table: the validated table; failures: (grid_cell, expectation, column, check) from row_failures;
         result: the ContractResult; source: where the table came from (for the rejected table).
     """
     if not result.success and failures.empty:
         raise SystemExit(f"the {source} data contract failed for the table as a whole:\n{result.summary()}")
-    reason = failures["column"].map(lambda c: CONTRACT_REASON_NAMES.get(c, f"contract_{c}"))
+    reason = failures["check"].map(lambda c: CONTRACT_REASON_NAMES.get(c, f"contract_{c}"))
     return pd.DataFrame({"grid_cell": failures["grid_cell"], "source": source, "reason": reason,
                          "detail": failures["expectation"] + " on " + failures["column"]})
 
 
 # A contract row failure on these columns is the same finding as a named filter: one reason name.
-CONTRACT_REASON_NAMES = {"date_gap_days": "date_gap"}
+# Contract rules (an expectation's meta "check") that are the same finding as a named filter get
+# its reason name; a tile whose centre or CRS does not fit its cell is a "misaligned projection".
+CONTRACT_REASON_NAMES = {"date_gap": "date_gap", "centre_matches_cell": "misaligned_projection",
+                         "crs_zone": "misaligned_projection", "crs_hemisphere": "misaligned_projection",
+                         "crs_is_utm": "misaligned_projection"}

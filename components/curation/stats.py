@@ -12,44 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-GENTLE_SLOPE = 0.08  # rise over run
+from components.captions.landform import landform_inputs
+
 DEM_PIXEL_M = 30.0
 IMAGE_PIXEL_M = 10.0
-
-
-def landform_inputs(dem: np.ndarray, pixel_m: float, valid: np.ndarray | None = None) -> dict[str, float]:
-    """Hammond's inputs over the valid pixels of a DEM.
-
-    Args:
-        dem: elevations in metres (2-D, row 0 north).
-        pixel_m: pixel spacing in metres.
-        valid: boolean mask of usable pixels (default: finite values). A slope is only counted
-            where the pixel and its neighbours used by the gradient are valid.
-    Returns:
-        {"gentle_share", "relief_m", "profile_upper_share"}; NaN when nothing is valid.
-    """
-    dem = np.asarray(dem, dtype=np.float64)
-    valid = np.isfinite(dem) if valid is None else (valid & np.isfinite(dem))
-    if not valid.any():
-        return {"gentle_share": np.nan, "relief_m": np.nan, "profile_upper_share": np.nan}
-    filled = np.where(valid, dem, np.nanmean(np.where(valid, dem, np.nan)))
-    gy, gx = np.gradient(filled, pixel_m)
-    slope_ok = valid.copy()
-    # Central differences read both neighbours: a slope next to a hole is not trusted.
-    slope_ok[1:, :] &= valid[:-1, :]
-    slope_ok[:-1, :] &= valid[1:, :]
-    slope_ok[:, 1:] &= valid[:, :-1]
-    slope_ok[:, :-1] &= valid[:, 1:]
-    if not slope_ok.any():
-        slope_ok = valid
-    gentle = np.hypot(gx, gy) < GENTLE_SLOPE
-    values = dem[valid]
-    p1, p99 = np.percentile(values, [1.0, 99.0])
-    gentle_here = gentle & slope_ok
-    n_gentle = int(gentle_here.sum())
-    upper = float((dem[gentle_here] > 0.5 * (p1 + p99)).sum() / n_gentle) if n_gentle else 0.0
-    return {"gentle_share": float(gentle_here.sum() / slope_ok.sum()), "relief_m": float(p99 - p1),
-            "profile_upper_share": upper}
 
 
 def image_statistics(rgb: Sequence[np.ndarray], cloud_mask: np.ndarray, cloud_classes: Sequence[int]) -> dict:

@@ -75,18 +75,6 @@ def test_relief_within_class_varies():
     assert np.ptp(reliefs) > 100  # tiles differ, not one template
 
 
-def test_classify_landform_rules():
-    def cls(g, r, u=0.3):
-        return classify_landform({"gentle_share": g, "relief_m": r, "profile_upper_share": u})
-
-    assert cls(0.95, 40) == "plains"
-    assert cls(0.7, 300, u=0.8) == "tablelands"
-    assert cls(0.7, 300, u=0.2) == "hills"
-    assert cls(0.3, 200) == "hills"
-    assert cls(0.3, 600) == "low mountains"
-    assert cls(0.05, 1500) == "high mountains"
-
-
 def test_landform_stats_on_known_surfaces():
     flat = np.full((50, 50), 100.0, np.float32)
     s = landform_stats(flat, 30.0)

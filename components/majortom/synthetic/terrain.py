@@ -12,6 +12,10 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage
 
+
+from components.captions.landform import classify_landform as classify
+from components.captions.landform import landform_inputs
+
 LANDFORM_CLASSES = ("plains", "tablelands", "hills", "low mountains", "high mountains")
 
 GENTLE_SLOPE = 0.08  # Hammond's "gentle": rise over run below 8 %
@@ -304,47 +308,13 @@ def slope(dem: np.ndarray, pixel_m: float) -> np.ndarray:
 
 
 def landform_stats(dem: np.ndarray, pixel_m: float) -> dict:
-    """Hammond inputs for a whole tile.
-
-    Args:
-        dem: elevations in metres (2-D).
-        pixel_m: pixel spacing in metres.
-
-    Returns:
-        dict with gentle_share (fraction of pixels with slope < 8 %), relief_m (p99 - p1) and
-        profile_upper_share (fraction of the gentle pixels above the middle of that relief).
-    """
-    dem = np.asarray(dem, dtype=np.float32)
-    gentle = slope(dem, pixel_m) < GENTLE_SLOPE
-    p1, p99 = np.percentile(dem, [1.0, 99.0])
-    n_gentle = int(gentle.sum())
-    upper = float((dem[gentle] > 0.5 * (p1 + p99)).sum() / n_gentle) if n_gentle else 0.0
-    return {
-        "gentle_share": float(gentle.mean()),
-        "relief_m": float(p99 - p1),
-        "profile_upper_share": upper,
-    }
+    """Hammond inputs for a whole tile: the production measurement (components.captions.landform)."""
+    return landform_inputs(dem, pixel_m)
 
 
 def classify_landform(stats: dict) -> str:
-    """Reference Hammond-style classifier (the production classifier lives elsewhere).
-
-    Args:
-        stats: output of landform_stats.
-
-    Returns:
-        one of LANDFORM_CLASSES.
-    """
-    gentle, relief, upper = stats["gentle_share"], stats["relief_m"], stats["profile_upper_share"]
-    if relief > 900.0:
-        return "high mountains"
-    if relief < 90.0:
-        return "plains" if gentle > 0.5 else "hills"
-    if gentle > 0.5 and upper > 0.5:
-        return "tablelands"
-    if relief <= 300.0 or gentle >= 0.5:
-        return "hills"
-    return "low mountains"
+    """The class the production rules give a tile's landform_stats (one of LANDFORM_CLASSES)."""
+    return str(classify(stats["gentle_share"], stats["relief_m"], stats["profile_upper_share"]))
 
 
 def hillshade(
