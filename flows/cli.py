@@ -14,7 +14,8 @@ import typer  # noqa: E402
 
 app = typer.Typer(help="MESA text-to-terrain: data, training and MLOps pipeline.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
-data_app = typer.Typer(help="Data steps that are useful alone (synth, summary).", no_args_is_help=True)
+data_app = typer.Typer(help="Data steps that are useful alone (synth, validate, captions, summary).",
+                       no_args_is_help=True)
 profile_app = typer.Typer(help="Parameter profiles (demo, micro, paper).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(profile_app, name="profile")
@@ -86,6 +87,22 @@ def data_summary(
     from components.majortom.summary import format_summary, summarise_world
 
     typer.echo(format_summary(summarise_world(raw, decode=decode)))
+
+
+@data_app.command("validate")
+def data_validate() -> None:
+    """Curate data.raw_dir: contracts, per-cell statistics, the paper's filters (the validate stage)."""
+    from flows.stages import run_stage
+
+    run_stage("validate", _root())
+
+
+@data_app.command("captions")
+def data_captions() -> None:
+    """Describe every kept cell and build its caption (the captions stage)."""
+    from flows.stages import run_stage
+
+    run_stage("captions", _root())
 
 
 @profile_app.command("use")

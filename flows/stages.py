@@ -18,6 +18,7 @@ from flows.prefect_api import run_as_subflow
 REPORTS_DIR = "reports"
 SYNTH_OUT = Path("data/raw")  # the synth stage's DVC output (dvc.yaml)
 CURATED_DIR = Path("data/curated")
+CAPTIONS_DIR = Path("data/captions")
 
 
 @task(task_run_name="synth shard {index}", cache_policy=NO_CACHE)
@@ -136,7 +137,38 @@ def validate_stage_flow(project_dir: str) -> dict:
     return report
 
 
-STAGE_FLOWS = {"synth": synth_stage_flow, "validate": validate_stage_flow}
+@flow(name="stage-captions")
+def captions_stage_flow(project_dir: str) -> dict:
+    """Caption descriptors for every kept cell, and the full caption (all four descriptors)."""
+    import json
+
+    import pandas as pd
+
+    from components.atomic import atomic_write, write_text_atomic
+    from components.captions.builder import build_captions
+    from components.captions.descriptors import describe_cells, descriptor_summary
+
+    root = Path(project_dir)
+    params = load_params(root)
+    index = pd.read_parquet(root / CURATED_DIR / "index.parquet")
+    # Layer files named relative to the project resolve against it, wherever the stage runs.
+    layers = {role: ({**spec, "path": str(root / spec["path"])} if isinstance(spec, dict) and "path" in spec
+                     and not Path(spec["path"]).is_absolute() else spec)
+              for role, spec in (params.get("layers") or {}).items()}
+    descriptors = describe_cells(index, layers, params.get("captions"))
+    descriptors["caption"] = build_captions(descriptors)
+    out = root / CAPTIONS_DIR / "captions.parquet"
+    atomic_write(out, lambda tmp: descriptors.to_parquet(tmp, index=False))
+    report = descriptor_summary(descriptors)
+    report["notes"] = descriptors.attrs.get("notes", [])
+    write_text_atomic(root / REPORTS_DIR / "captions.json", json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+    for caption in descriptors["caption"].head(3):
+        print(f"[captions] e.g. {caption!r}", flush=True)
+    print(f"[captions] {len(descriptors)} cells described -> {out}", flush=True)
+    return {"cells": len(descriptors)}
+
+
+STAGE_FLOWS = {"synth": synth_stage_flow, "validate": validate_stage_flow, "captions": captions_stage_flow}
 
 
 def run_stage(name: str, project_dir: str | Path) -> object:

@@ -49,3 +49,25 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield str(get_current_settings().api.url)
+
+
+@pytest.fixture(scope="session")
+def curated(micro_world, prefect_api, tmp_path_factory):
+    """The micro world curated by the validate stage in a project folder of its own."""
+    import shutil
+
+    import pandas as pd
+
+    from components.params import apply_profile
+    from flows.stages import validate_stage_flow
+
+    raw, _ = micro_world
+    project = tmp_path_factory.mktemp("validate-project")
+    for name in ("params.yaml", "dvc.yaml", "configs"):
+        source = PROJECT_ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, project / name)
+    apply_profile("micro", project)
+    (project / "data").mkdir()
+    (project / "data" / "raw").symlink_to(raw, target_is_directory=True)
+    report = validate_stage_flow(str(project))
+    return project, report, pd.read_parquet(raw / "world.parquet")

@@ -44,19 +44,25 @@ def project(tmp_path_factory):
     return root
 
 
-def _flow_runs(flow_name: str):
+def _subflows(parent_flow_run_id):
+    """Flow runs whose parent task belongs to the given flow run (its subflows), with their names."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
     with get_client(sync_client=True) as client:
-        return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_flow_run_id])))
+        for run in runs:
+            run.name = client.read_flow(run.flow_id).name  # the flow's name, not the run's
+    return runs
 
 
 def test_retrain_runs_the_stages_then_skips_them_when_nothing_changed(project, prefect_api):
     from flows.retrain import retrain
 
-    results = retrain(project_dir=str(project), api_url=prefect_api)
-    assert [(r["stage"], r["ran"]) for r in results] == [("synth", True)]
+    state = retrain(project_dir=str(project), api_url=prefect_api, return_state=True)
+    results = state.result()
+    assert [(r["stage"], r["ran"]) for r in results] == [("synth", True), ("validate", True), ("captions", True)]
 
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["synth"]["params"]["params.yaml"]["synth"]["cells"] == 24  # the micro profile
@@ -65,20 +71,25 @@ def test_retrain_runs_the_stages_then_skips_them_when_nothing_changed(project, p
     assert report["cells_good"] == 24 and report["cells_broken"] == 6
     assert (project / "data/raw/s2l2a/metadata.parquet").exists()
 
-    # The stage's own flow ran in the DVC subprocess, reported to the same server, as a subflow.
-    [stage_run] = _flow_runs("stage-synth")
-    assert stage_run.state.is_completed()
-    assert stage_run.parent_task_run_id is not None
-    [parent] = _flow_runs("retrain")
+    # Each stage's own flow ran in its DVC subprocess, on the same server, as a subflow of the run.
+    subflows = _subflows(state.state_details.flow_run_id)
+    assert sorted(f.name for f in subflows) == ["stage-captions", "stage-synth", "stage-validate"]
+    assert all(f.state.is_completed() for f in subflows)
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
 
+    synth_run = next(f for f in subflows if f.name == "stage-synth")
     with get_client(sync_client=True) as client:
-        assert client.read_task_run(stage_run.parent_task_run_id).flow_run_id == parent.id
-        shard_tasks = client.read_task_runs()
+        shard_tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[synth_run.id])), task_run_filter=TaskRunFilter())
     assert sum(t.name.startswith("synth shard") for t in shard_tasks) == 4  # 30 cells / 8 per shard
 
+    curation = json.loads((project / "reports" / "curation.json").read_text())
+    assert curation["kept_cells"] == 24 and curation["rejected_cells"] == 6
+    assert (project / "data/captions/captions.parquet").exists()
+
     again = retrain(project_dir=str(project), api_url=prefect_api)
-    assert [(r["stage"], r["ran"]) for r in again] == [("synth", False)]
+    assert [(r["stage"], r["ran"]) for r in again] == [("synth", False), ("validate", False), ("captions", False)]
     status = subprocess.run(["dvc", "status"], cwd=project, capture_output=True, text=True, check=True)
     assert "up to date" in status.stdout.lower()
 

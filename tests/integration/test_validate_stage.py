@@ -3,13 +3,8 @@ no good row rejected, kept + rejected = input. Real great-expectations, real Pre
 from __future__ import annotations
 
 import json
-import shutil
 
 import pandas as pd
-import pytest
-
-from components.params import apply_profile
-from tests.conftest import PROJECT_ROOT
 
 EXPECTED_REASONS = {
     "corrupt_geotiff": ["corrupt_geotiff"],
@@ -19,22 +14,6 @@ EXPECTED_REASONS = {
     "crs_mismatch": ["misaligned_projection"],
     "missing_dem": ["missing_dem"],
 }
-
-
-@pytest.fixture(scope="module")
-def curated(micro_world, prefect_api, tmp_path_factory):
-    from flows.stages import validate_stage_flow
-
-    raw, _ = micro_world
-    project = tmp_path_factory.mktemp("validate-project")
-    for name in ("params.yaml", "dvc.yaml", "configs"):
-        source = PROJECT_ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, project / name)
-    apply_profile("micro", project)
-    (project / "data").mkdir()
-    (project / "data" / "raw").symlink_to(raw, target_is_directory=True)
-    report = validate_stage_flow(str(project))
-    return project, report, pd.read_parquet(raw / "world.parquet")
 
 
 def test_every_broken_row_is_rejected_with_exactly_its_reason(curated):
