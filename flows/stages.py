@@ -156,7 +156,8 @@ def captions_stage_flow(project_dir: str) -> dict:
                      and not Path(spec["path"]).is_absolute() else spec)
               for role, spec in (params.get("layers") or {}).items()}
     descriptors = describe_cells(index, layers, params.get("captions"))
-    descriptors["caption"] = build_captions(descriptors)
+    # The paper's template names the biome; ecoregion names come in through augmentation.
+    descriptors["caption"] = build_captions(descriptors, anonymise_ecoregion=True)
     out = root / CAPTIONS_DIR / "captions.parquet"
     atomic_write(out, lambda tmp: descriptors.to_parquet(tmp, index=False))
     report = descriptor_summary(descriptors)

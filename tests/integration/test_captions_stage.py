@@ -41,7 +41,7 @@ def test_local_landform_is_the_generated_class(captions):
 def test_captions_follow_the_paper_template_and_metrics_are_written(captions):
     project, frame, _ = captions
     row = frame.iloc[0]
-    assert row["caption"] == (f"A Sentinel-2 image of {row['ecoregion_short']} and {row['landform_local_short']} "
+    assert row["caption"] == (f"A Sentinel-2 image of {row['biome_short']} and {row['landform_local_short']} "
                               f"in {row['country_short']} in {row['month_short']}")
     report = json.loads((project / "reports/captions.json").read_text())
     assert report["cells"] == len(frame)

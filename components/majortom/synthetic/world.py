@@ -29,6 +29,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.atomic import write_text_atomic
+from components.captions.descriptors import DEFAULT_BIOME_SHORT_FORMS
 from components.captions.layers import open_layer
 from components.majortom.geotiff import encode_geotiff
 from components.majortom.grid import EARTH_RADIUS_KM, cell_footprint, default_grid, utm_epsg
@@ -363,7 +364,9 @@ def write_region_layers(folder: str | Path, cells: Sequence[CellPlan]) -> dict[s
         by_eco.setdefault((cell.country, cell.biome_num, cell.biome_name), []).append(cell)
         by_landform.setdefault((cell.country, cell.landform), []).append(cell)
     for (country, biome_num, biome_name), members in sorted(by_eco.items()):
-        eco_rows.append({"ECO_NAME": f"{country} {biome_name.split('&')[0].strip().lower()}",
+        # Named like RESOLVE's ecoregions ("Chilean matorral", "Cerrado moist forests"): a place and a biome.
+        short = DEFAULT_BIOME_SHORT_FORMS.get(biome_name, biome_name.lower())
+        eco_rows.append({"ECO_NAME": f"{country} {short}",
                          "BIOME_NUM": float(biome_num), "BIOME_NAME": biome_name,
                          "REALM": _realm(members[0].centre_lat, members[0].centre_lon),
                          "geometry": unary_union([_cell_box(c.row, c.col) for c in members])})
