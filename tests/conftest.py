@@ -71,3 +71,13 @@ def curated(micro_world, prefect_api, tmp_path_factory):
     (project / "data" / "raw").symlink_to(raw, target_is_directory=True)
     report = validate_stage_flow(str(project))
     return project, report, pd.read_parquet(raw / "world.parquet")
+
+
+@pytest.fixture(scope="session")
+def captioned(curated):
+    """The curated micro project with its captions stage run."""
+    from flows.stages import captions_stage_flow
+
+    project, _, world = curated
+    captions_stage_flow(str(project))
+    return project, world

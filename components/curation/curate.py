@@ -123,6 +123,15 @@ def relative_shard_paths(index: pd.DataFrame, root: str | Path) -> pd.DataFrame:
     return out
 
 
+def absolute_shard_paths(index: pd.DataFrame, root: str | Path) -> pd.DataFrame:
+    """The index's relative shard paths resolved against the project root (URLs untouched)."""
+    out = index.copy()
+    for column in [c for c in out.columns if c.endswith("_shard")]:
+        out[column] = [str(Path(root) / p) if isinstance(p, str) and "://" not in p and not Path(p).is_absolute()
+                       else p for p in out[column]]
+    return out
+
+
 def _relative(path, root: Path):
     if not isinstance(path, str) or "://" in path:
         return path

@@ -10,11 +10,8 @@ from components.captions.descriptors import DESCRIPTORS
 
 
 @pytest.fixture(scope="module")
-def captions(curated):
-    from flows.stages import captions_stage_flow
-
-    project, _, world = curated
-    captions_stage_flow(str(project))
+def captions(captioned):
+    project, world = captioned
     return project, pd.read_parquet(project / "data/captions/captions.parquet"), world
 
 

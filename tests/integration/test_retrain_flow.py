@@ -62,7 +62,7 @@ def test_retrain_runs_the_stages_then_skips_them_when_nothing_changed(project, p
 
     state = retrain(project_dir=str(project), api_url=prefect_api, return_state=True)
     results = state.result()
-    assert [(r["stage"], r["ran"]) for r in results] == [("synth", True), ("validate", True), ("captions", True)]
+    assert [(r["stage"], r["ran"]) for r in results] == [(s, True) for s in ("synth", "validate", "captions", "prepare")]
 
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["synth"]["params"]["params.yaml"]["synth"]["cells"] == 24  # the micro profile
@@ -73,7 +73,7 @@ def test_retrain_runs_the_stages_then_skips_them_when_nothing_changed(project, p
 
     # Each stage's own flow ran in its DVC subprocess, on the same server, as a subflow of the run.
     subflows = _subflows(state.state_details.flow_run_id)
-    assert sorted(f.name for f in subflows) == ["stage-captions", "stage-synth", "stage-validate"]
+    assert sorted(f.name for f in subflows) == ["stage-captions", "stage-prepare", "stage-synth", "stage-validate"]
     assert all(f.state.is_completed() for f in subflows)
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
@@ -89,7 +89,7 @@ def test_retrain_runs_the_stages_then_skips_them_when_nothing_changed(project, p
     assert (project / "data/captions/captions.parquet").exists()
 
     again = retrain(project_dir=str(project), api_url=prefect_api)
-    assert [(r["stage"], r["ran"]) for r in again] == [("synth", False), ("validate", False), ("captions", False)]
+    assert [(r["stage"], r["ran"]) for r in again] == [(s, False) for s in ("synth", "validate", "captions", "prepare")]
     status = subprocess.run(["dvc", "status"], cwd=project, capture_output=True, text=True, check=True)
     assert "up to date" in status.stdout.lower()
 

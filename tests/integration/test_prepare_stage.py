@@ -1,0 +1,82 @@
+"""The prepare stage on the curated, captioned micro world: samples, both variants, stats.json."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.majortom.synthetic.render import sun_position
+from components.majortom.synthetic.terrain import hillshade
+from components.radiometry.normalise import decode_rgb, denormalise_dem
+from components.samples.shards import read_sample_shard
+
+
+@pytest.fixture(scope="module")
+def prepared(captioned):
+    from flows.stages import prepare_stage_flow
+
+    project, world = captioned
+    report = prepare_stage_flow(str(project))
+    samples = [s for shard in sorted((project / "data/samples").glob("*.parquet")) for s in read_sample_shard(shard)]
+    stats = json.loads((project / "data/samples/stats.json").read_text())
+    return project, report, samples, stats, world
+
+
+def test_every_kept_cell_becomes_one_sample_with_both_variants(prepared):
+    project, report, samples, stats, _ = prepared
+    index = pd.read_parquet(project / "data/curated/index.parquet")
+    assert sorted(s["grid_cell"] for s in samples) == sorted(index["grid_cell"])
+    assert report["samples"] == stats["samples"] == len(samples)
+    px = 32  # the micro profile
+    for sample in samples:
+        assert sample["rgb"].shape == sample["rgb_shadow"].shape == (px, px, 3)
+        assert sample["rgb"].dtype == np.uint16 and sample["dem"].dtype == np.float32
+        assert sample["mask"].shape == (px, px) and sample["mask_latent"].shape == (px // 8, px // 8)
+        assert sample["split"] in ("train", "test") and sample["country"]
+    assert stats["splits"]["train"] + stats["splits"]["test"] == len(samples)
+
+
+def test_dem_back_to_metres_matches_the_source_tile(prepared):
+    project, _, samples, stats, _ = prepared
+    index = pd.read_parquet(project / "data/curated/index.parquet").set_index("grid_cell")
+    for sample in samples[:5]:
+        metres = sample["dem"] + sample["dem_mean_m"]
+        valid = sample["mask"] > 0
+        # Area means of the footprint stay inside the tile's own range.
+        row = index.loc[sample["grid_cell"]]
+        assert metres[valid].min() >= row["dem_min_m"] - 1 and metres[valid].max() <= row["dem_max_m"] + 1
+        normalised = np.clip(sample["dem"] / stats["dem_scale_m"], -1, 1)
+        back = denormalise_dem(normalised, sample["dem_mean_m"], stats["dem_scale_m"])
+        unclipped = valid & (np.abs(sample["dem"]) < stats["dem_scale_m"])
+        assert np.sqrt(np.mean((back[unclipped] - metres[unclipped]) ** 2)) < 1.0
+
+
+def test_shadow_corrected_images_keep_the_shading_plain_l2a_flattens(prepared):
+    """Data-level: luminance of the corrected image follows the DEM's relief more than plain L2A's."""
+    _, _, samples, stats, world = prepared
+    mountains = world[world["landform"].isin(["low mountains", "high mountains"])].set_index("grid_cell")
+    gains = []
+    rule = stats["rgb_rule"]
+    for sample in samples:
+        if sample["grid_cell"] not in mountains.index or sample["mask"].mean() < 0.5:
+            continue
+        cell = mountains.loc[sample["grid_cell"]]
+        azimuth, altitude = sun_position(cell["centre_lat"], cell["acquired"].month)  # that scene's sun
+        shade = hillshade(sample["dem"], 7680.0 / sample["dem"].shape[0], azimuth, altitude)
+        valid = sample["mask"] > 0
+        plain = decode_rgb(sample["rgb"], rule["gain"], rule["gamma"]).mean(axis=-1)
+        corrected = decode_rgb(sample["rgb_shadow"], rule["gain"], rule["gamma"]).mean(axis=-1)
+        r_plain = np.corrcoef(plain[valid], shade[valid])[0, 1]
+        r_corr = np.corrcoef(corrected[valid], shade[valid])[0, 1]
+        gains.append(r_corr - r_plain)
+    assert len(gains) >= 3
+    assert np.median(gains) > 0.1, gains
+
+
+def test_stats_json_has_the_rules_generation_needs(prepared):
+    _, report, _, stats, _ = prepared
+    assert stats["dem_scale_m"] > 0 and 0 <= stats["dem_clipped_share"] < 0.05
+    assert "" in stats["base_elevation_m"] and any(k.startswith("landform_local=") for k in stats["base_elevation_m"])
+    assert report["rejected"] == 0
