@@ -73,12 +73,15 @@ def _one(shard: str, source: str, row: int, columns) -> object:
     return items[0]
 
 
-def _image(cell, product_id: str, cloud_classes) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W, 3) reflectance DN without the baseline offset, and the pixels with data and no cloud."""
-    rgb = np.stack([remove_baseline_offset(cell.rasters[b].array, product_id) for b in RGB], axis=-1)
-    data = (rgb != 0).any(axis=-1)
-    clear = ~np.isin(cell.rasters["cloud_mask"].array, np.asarray(cloud_classes, np.uint8))
-    return rgb, data & clear
+def _image(cell, product_id: str, cloud_classes, footprint_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """The footprint's band-first (3, H, W) reflectance DN without the baseline offset, and where it
+    has data and no cloud. Cropped first: everything after decoding touches only the footprint."""
+    bands = [remove_baseline_offset(geometry.crop_image(cell.rasters[b].array, footprint_px), product_id)
+             for b in RGB]
+    data = (bands[0] != 0) | (bands[1] != 0) | (bands[2] != 0)  # band-wise: ~7x faster than any(axis=-1)
+    cloud = geometry.crop_image(cell.rasters["cloud_mask"].array, footprint_px)
+    clear = ~np.isin(cloud, np.asarray(cloud_classes, np.uint8))
+    return np.stack(bands), data & clear
 
 
 def build_sample(index_row: pd.Series, descriptors: Mapping, params: PrepareParams, split: str) -> dict:
@@ -86,14 +89,12 @@ def build_sample(index_row: pd.Series, descriptors: Mapping, params: PreparePara
     fp = params.footprint_px
     # 1. Decode each source once and crop every grid to the footprint.
     l2a = _one(index_row["s2l2a_shard"], "s2l2a", int(index_row["s2l2a_row"]), S2_COLUMNS)
-    l2a_rgb, valid = (geometry.crop_image(a, fp) for a in _image(l2a, index_row["s2l2a_product_id"],
-                                                                 params.cloud_classes))
+    l2a_rgb, valid = _image(l2a, index_row["s2l2a_product_id"], params.cloud_classes, fp)
     l1c_missing = not isinstance(index_row.get("s2l1c_shard"), str)
     l1c_rgb = None
     if not l1c_missing and params.store_both_variants:
         l1c = _one(index_row["s2l1c_shard"], "s2l1c", int(index_row["s2l1c_row"]), S2_COLUMNS)
-        l1c_rgb, l1c_ok = (geometry.crop_image(a, fp) for a in _image(l1c, index_row["s2l1c_product_id"],
-                                                                      params.cloud_classes))
+        l1c_rgb, l1c_ok = _image(l1c, index_row["s2l1c_product_id"], params.cloud_classes, fp)
         valid = valid & l1c_ok
     raster = _one(index_row["dem_shard"], "dem", int(index_row["dem_row"]), ("DEM",)).rasters["DEM"]
     dem = geometry.crop_dem(raster.array.astype(np.float32), fp)
@@ -105,11 +106,9 @@ def build_sample(index_row: pd.Series, descriptors: Mapping, params: PreparePara
     shadow_rgb = None
     if l1c_rgb is not None:
         try:
-            matched = match_histograms_masked(np.moveaxis(l1c_rgb, -1, 0), np.moveaxis(l2a_rgb, -1, 0),
-                                              valid, valid)  # band-first (3, H, W) in and out
+            shadow_rgb = match_histograms_masked(l1c_rgb, l2a_rgb, valid, valid)
         except AllMaskedError as err:
             raise SampleRejected("all_masked", str(err)) from None
-        shadow_rgb = np.moveaxis(matched, 0, -1)
 
     # 3. Resample to the training grid and normalise.
     out, factor = params.image_px, params.latent_factor
@@ -117,8 +116,9 @@ def build_sample(index_row: pd.Series, descriptors: Mapping, params: PreparePara
     dem_mean = float(dem[dem_ok].mean())
     dem_rel = geometry.dem_to_image_grid(np.where(dem_ok, dem - dem_mean, 0.0), out)
 
-    def encode(rgb: np.ndarray) -> np.ndarray:
-        return encode_rgb(geometry.area_downsample(rgb, out), params.rgb_gain, params.rgb_gamma)
+    def encode(rgb: np.ndarray) -> np.ndarray:  # band-first footprint -> (out, out, 3) stored values
+        small = np.stack([geometry.area_downsample(band, out) for band in rgb], axis=-1)
+        return encode_rgb(small, params.rgb_gain, params.rgb_gamma)
 
     record = {
         "grid_cell": index_row["grid_cell"], "sample_id": index_row["grid_cell"], "split": split,

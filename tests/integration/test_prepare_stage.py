@@ -80,3 +80,33 @@ def test_stats_json_has_the_rules_generation_needs(prepared):
     assert stats["dem_scale_m"] > 0 and 0 <= stats["dem_clipped_share"] < 0.05
     assert "" in stats["base_elevation_m"] and any(k.startswith("landform_local=") for k in stats["base_elevation_m"])
     assert report["rejected"] == 0
+
+
+def test_a_missing_l1c_falls_back_to_l2a_and_is_recorded(prepared):
+    from components.curation.curate import absolute_shard_paths
+    from components.params import load_params
+    from components.samples.prepare import PrepareParams, build_sample
+
+    project = prepared[0]
+    params = load_params(project)
+    settings = PrepareParams.from_params(params["prepare"], params["validate"]["cloud_classes"])
+    row = absolute_shard_paths(pd.read_parquet(project / "data/curated/index.parquet"), project).iloc[0].copy()
+    row["s2l1c_shard"] = None
+    sample = build_sample(row, {}, settings, "train")
+    assert sample["l1c_missing"] is True and sample["rgb_shadow"] is None
+    assert sample["rgb"].shape == (32, 32, 3)
+
+
+def test_an_all_cloud_footprint_is_rejected_with_a_reason(prepared, tmp_path):
+    from components.curation.curate import absolute_shard_paths
+    from components.params import load_params
+    from components.samples.prepare import PrepareParams, prepare_cells
+
+    project = prepared[0]
+    params = load_params(project)
+    # Every cloud_mask code counts as cloud: nothing in the footprint is usable.
+    settings = PrepareParams.from_params(params["prepare"], [0, 1, 2, 3])
+    index = absolute_shard_paths(pd.read_parquet(project / "data/curated/index.parquet"), project).head(2)
+    samples, rejected = prepare_cells(index, pd.DataFrame({"grid_cell": []}), {c: "train" for c in index["grid_cell"]},
+                                      settings)
+    assert samples == [] and [r["reason"] for r in rejected] == ["all_masked", "all_masked"]
