@@ -324,10 +324,10 @@ def test_synthetic_world_layers_as_ecoregion_and_regional_source(tmp_path):
     got = describe_cells(index, layers)
     assert got["biome_source"].tolist() == ["biome_proxy"] * 2  # biome from the Koppen proxy ...
     assert got["ecoregion_source"].tolist() == ["ecoregions"] * 2  # ... names from the world's layer
-    assert got["ecoregion"].tolist() == ["Switzerland temperate broadleaf", "Brazil tropical"]
+    assert got["ecoregion"].tolist() == ["Switzerland temperate broadleaf forests", "Brazil moist forests"]
     assert got["landform_regional"].tolist() == ["The Switzerland Hills", "The Brazil Lowlands"]
     assert build_caption(got.iloc[0], geological="regional") == (
-        "A Sentinel-2 image of Switzerland temperate broadleaf and the Switzerland Hills in Switzerland in August")
+        "A Sentinel-2 image of Switzerland temperate broadleaf forests and the Switzerland Hills in Switzerland in August")
 
 
 # ---------------------------------------------------------------------------------------------
