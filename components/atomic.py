@@ -1,6 +1,7 @@
 """Atomic file writes: a stage killed half-way leaves the last good output, never a torn one."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -24,3 +25,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json_atomic(path: str | Path, data: object) -> Path:
+    """Pretty, key-sorted JSON (stable bytes for DVC metrics); dates and paths as strings."""
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

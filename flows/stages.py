@@ -12,6 +12,7 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from components.atomic import write_json_atomic
 from components.params import load_params
 from flows.prefect_api import run_as_subflow
 
@@ -30,7 +31,7 @@ def _build_synth_shard(index: int, build) -> dict:
 @flow(name="stage-synth")
 def synth_stage_flow(project_dir: str) -> dict:
     """Generate the synthetic Major TOM world into data/raw (a fresh folder each run)."""
-    from components.majortom.synthetic.world import SynthParams, build_world, write_report
+    from components.majortom.synthetic.world import SynthParams, build_world
 
     root = Path(project_dir)
     params = load_params(root)
@@ -44,7 +45,7 @@ def synth_stage_flow(project_dir: str) -> dict:
                              "data/majortom, and set data.raw_dir to it")
         out.mkdir(parents=True, exist_ok=True)
         (out / "SOURCE.txt").write_text(f"data.source is majortom: stages read real shards from {raw_dir}\n")
-        write_report(root / REPORTS_DIR / "synth.json", {"source": source, "raw_dir": str(raw_dir)})
+        write_json_atomic(root / REPORTS_DIR / "synth.json", {"source": source, "raw_dir": str(raw_dir)})
         return {"source": source}
     if source != "synth" or raw_dir != SYNTH_OUT:
         raise SystemExit(f"data.source must be synth (with data.raw_dir {SYNTH_OUT}) or majortom; "
@@ -60,7 +61,7 @@ def synth_stage_flow(project_dir: str) -> dict:
                          progress=lambda done, total, what: print(f"[synth] {done}/{total} {what}", flush=True))
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
-    write_report(root / REPORTS_DIR / "synth.json", report)
+    write_json_atomic(root / REPORTS_DIR / "synth.json", report)
     print(f"[synth] {report['cells_total']} cells ({report['cells_broken']} deliberately broken), "
           f"{report['shards']} shards per source, {report['bytes'] / 1e6:.1f} MB in {report['seconds']:.1f} s -> {out}")
     return report
@@ -141,11 +142,9 @@ def validate_stage_flow(project_dir: str) -> dict:
 @flow(name="stage-captions")
 def captions_stage_flow(project_dir: str) -> dict:
     """Caption descriptors for every kept cell, and the full caption (all four descriptors)."""
-    import json
-
     import pandas as pd
 
-    from components.atomic import atomic_write, write_text_atomic
+    from components.atomic import atomic_write
     from components.captions.builder import build_captions
     from components.captions.descriptors import describe_cells, descriptor_summary
 
@@ -163,7 +162,7 @@ def captions_stage_flow(project_dir: str) -> dict:
     atomic_write(out, lambda tmp: descriptors.to_parquet(tmp, index=False))
     report = descriptor_summary(descriptors)
     report["notes"] = descriptors.attrs.get("notes", [])
-    write_text_atomic(root / REPORTS_DIR / "captions.json", json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+    write_json_atomic(root / REPORTS_DIR / "captions.json", report)
     for caption in descriptors["caption"].head(3):
         print(f"[captions] e.g. {caption!r}", flush=True)
     print(f"[captions] {len(descriptors)} cells described -> {out}", flush=True)
@@ -214,9 +213,7 @@ def prepare_stage_flow(project_dir: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     report = {k: stats[k] for k in ("samples", "rejected", "dem_scale_m", "dem_clipped_share", "l1c_missing")}
-    from components.majortom.synthetic.world import write_report
-
-    write_report(root / REPORTS_DIR / "prepare.json", report)
+    write_json_atomic(root / REPORTS_DIR / "prepare.json", report)
     print(f"[prepare] {stats['samples']} samples ({stats['splits']}) in {len(results)} shards, "
           f"{len(stats['rejected_cells'])} cells rejected, DEM scale {dem_scale:g} m "
           f"(clipped {stats['dem_clipped_share']:.2%}) -> {out}", flush=True)

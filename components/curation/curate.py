@@ -6,14 +6,13 @@ to the duplicate rule are listed with the product they lost to.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from components.atomic import atomic_write, write_text_atomic
+from components.atomic import atomic_write, write_json_atomic
 from components.majortom.errors import RejectedRow
 from components.majortom.schema import SOURCES
 from components.majortom.shards import METADATA_FILE, Pairing, pair_sources, read_metadata
@@ -111,7 +110,7 @@ def write_outputs(curated_dir: str | Path, index: pd.DataFrame, rejected: pd.Dat
     curated_dir = Path(curated_dir)
     atomic_write(curated_dir / "index.parquet", lambda tmp: index.to_parquet(tmp, index=False))
     atomic_write(curated_dir / "rejected.parquet", lambda tmp: rejected.to_parquet(tmp, index=False))
-    write_text_atomic(report_path, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(report_path, report)
 
 
 def relative_shard_paths(index: pd.DataFrame, root: str | Path) -> pd.DataFrame:

@@ -7,7 +7,6 @@ caption (the median cell mean of the training cells with those descriptors; an e
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.atomic import write_text_atomic
+from components.atomic import write_json_atomic
 from components.radiometry.normalise import choose_dem_scale
 from components.samples.prepare import PrepareParams, prepare_cells
 from components.samples.shards import write_sample_shard
@@ -93,4 +92,4 @@ def summarise(results: list[dict], index: pd.DataFrame, descriptors: pd.DataFram
 
 
 def write_stats(path: str | Path, stats: Mapping) -> None:
-    write_text_atomic(path, json.dumps(stats, indent=2, sort_keys=True, default=str) + "\n")
+    write_json_atomic(path, stats)

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from components.majortom.synthetic import render, terrain
+from components.majortom.synthetic import render
 from components.majortom.synthetic.render import CLEAR, SHADOW, THICK, THIN, render_cell
 from components.majortom.synthetic.terrain import (
     LANDFORM_CLASSES,

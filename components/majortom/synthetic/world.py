@@ -28,7 +28,6 @@ import pandas as pd
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from components.atomic import write_text_atomic
 from components.captions.descriptors import DEFAULT_BIOME_SHORT_FORMS
 from components.captions.layers import open_layer
 from components.majortom.geotiff import encode_geotiff
@@ -452,7 +451,3 @@ def build_world(out: str | Path, params: SynthParams,
     report["seconds"] = round(time.perf_counter() - started, 2)
     report["params"] = params.model_dump()
     return report
-
-
-def write_report(path: str | Path, report: dict) -> None:
-    write_text_atomic(path, json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
