@@ -130,7 +130,9 @@ def validate_stage_flow(project_dir: str) -> dict:
 
     # 4. Every input cell in the index or in rejected, with its reasons.
     index, rejected = curate.assemble(pairing, stats, pd.concat(rejects, ignore_index=True))
-    index = curate.relative_shard_paths(index, root)  # the same data gives the same bytes anywhere
+    # Paths relative to the project: the same data gives the same bytes in any clone.
+    index = curate.relative_shard_paths(index, root)
+    rejected["details"] = [[relative_to_project(d, root) for d in details] for details in rejected["details"]]
     report = curate.curation_report(sources, index, rejected)
     curate.write_outputs(curated, index, rejected, report, root / REPORTS_DIR / "curation.json")
     docs = build_data_docs(validation)
@@ -159,10 +161,14 @@ def captions_stage_flow(project_dir: str) -> dict:
     descriptors = describe_cells(index, layers, params.get("captions"))
     # The paper's template names the biome; ecoregion names come in through augmentation.
     descriptors["caption"] = build_captions(descriptors, anonymise_ecoregion=True)
+    # Layer provenance goes to the metrics file (paths relative to the project), not into the data:
+    # pandas would store attrs in the parquet, and absolute paths would make clones differ.
+    provenance = {k: relative_to_project(str(v), root) for k, v in descriptors.attrs.get("layers", {}).items()}
+    notes = [relative_to_project(n, root) for n in descriptors.attrs.get("notes", [])]
+    descriptors.attrs = {}
     out = root / CAPTIONS_DIR / "captions.parquet"
     atomic_write(out, lambda tmp: descriptors.to_parquet(tmp, index=False))
-    report = descriptor_summary(descriptors)
-    report["notes"] = descriptors.attrs.get("notes", [])
+    report = {**descriptor_summary(descriptors), "layers": provenance, "notes": notes}
     write_json_atomic(root / REPORTS_DIR / "captions.json", report)
     for caption in descriptors["caption"].head(3):
         print(f"[captions] e.g. {caption!r}", flush=True)
@@ -223,6 +229,11 @@ def prepare_stage_flow(project_dir: str) -> dict:
 
 STAGE_FLOWS = {"synth": synth_stage_flow, "validate": validate_stage_flow, "captions": captions_stage_flow,
                "prepare": prepare_stage_flow}
+
+
+def relative_to_project(text: str, root: Path) -> str:
+    """Text with the project's absolute path taken out of the file paths it names."""
+    return text.replace(f"{Path(root).resolve()}/", "").replace(f"{root}/", "")
 
 
 def run_stage(name: str, project_dir: str | Path) -> object:
