@@ -1,0 +1,121 @@
+"""UNet configurations and construction (CPU or meta device)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .unet import TwoHeadUNet
+
+# Names and shapes of the published network at a tiny config (a list of facts, kept with the code).
+PUBLISHED_KEYS_FILE = Path(__file__).resolve().parent / "reference" / "mesa_unet_keys_tiny.txt"
+
+
+def tiny_unet_config(**overrides: Any) -> dict[str, Any]:
+    """A two-block configuration for CPU training and tests (a fraction of a second per step).
+
+    Two blocks is the minimum: block 0 becomes the per-modality heads, block 1 the shared part.
+    """
+    cfg: dict[str, Any] = {
+        "sample_size": 32,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [32, 64],
+        "layers_per_block": 1,
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "cross_attention_dim": 32,
+        "attention_head_dim": 4,
+        "norm_num_groups": 8,
+        "use_linear_projection": True,
+        "shared_first_block": False,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+# The header of shared/reference/mesa_unet_keys_tiny.txt (the published network at a tiny,
+# SD-2.1-shaped configuration), kept here so the factory does not depend on that file.
+_PUBLISHED_TINY = {
+    "sample_size": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": [32, 32, 64, 64],
+    "layers_per_block": 2,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "cross_attention_dim": 32,
+    "attention_head_dim": [2, 2, 4, 4],
+    "norm_num_groups": 8,
+    "use_linear_projection": True,
+}
+
+
+def published_tiny_config(**overrides: Any) -> dict[str, Any]:
+    """The configuration of ``mesa_unet_keys_tiny.txt`` (its header), separate first blocks."""
+    cfg = json.loads(json.dumps(_PUBLISHED_TINY))
+    cfg["shared_first_block"] = False
+    cfg.update(overrides)
+    return cfg
+
+
+def read_keys_file(path: str | Path = PUBLISHED_KEYS_FILE) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """Parse a keys file: (config from its JSON header line, {name: shape})."""
+    config: dict[str, Any] | None = None
+    shapes: dict[str, tuple[int, ...]] = {}
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("#"):
+            body = line.lstrip("#").strip()
+            if body.startswith("{"):
+                config = json.loads(body)
+            continue
+        if not line.strip():
+            continue
+        name, shape = line.split("\t")
+        shapes[name] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
+    if config is None:
+        raise ValueError(f"{path}: no JSON config header")
+    return config, shapes
+
+
+def paper_unet_config(**overrides: Any) -> dict[str, Any]:
+    """Stable Diffusion 2.1 (768 px, v-prediction) sizes, per modality: the paper's network."""
+    cfg: dict[str, Any] = {
+        "sample_size": 96,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [320, 640, 1280, 1280],
+        "layers_per_block": 2,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "cross_attention_dim": 1024,
+        "attention_head_dim": [5, 10, 20, 20],
+        "norm_num_groups": 32,
+        "use_linear_projection": True,
+        "upcast_attention": True,
+        "shared_first_block": False,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def sd_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The matching plain ``UNet2DConditionModel`` arguments (drops ``shared_first_block``)."""
+    return {k: v for k, v in config.items() if k != "shared_first_block"}
+
+
+def build_unet(config: dict[str, Any], device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> TwoHeadUNet:
+    """Build a TwoHeadUNet; ``device="meta"`` builds it without allocating weights."""
+    if str(device) == "meta":
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            model = TwoHeadUNet(**config)
+    else:
+        model = TwoHeadUNet(**config).to(device)
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    return model
