@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from components.model.convert import (
 )
 from components.model.factories import (
     build_unet,
+    PUBLISHED_KEYS_FILE,
     paper_unet_config,
     published_tiny_config,
     read_keys_file,
@@ -25,7 +25,7 @@ from components.model.factories import (
 )
 from components.model.unet import TwoHeadUNet
 
-KEYS_FILE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "mesa_unet_keys_tiny.txt"
+KEYS_FILE = PUBLISHED_KEYS_FILE  # kept with the code: the test runs in any checkout
 
 
 def _n_params(module: torch.nn.Module) -> int:
