@@ -69,6 +69,7 @@ from PIL import Image
 
 from components.atomic import atomic_write, write_json_atomic
 from components.majortom.grid import TILE_SIZE_M, cell_footprint
+from components.majortom.synthetic.terrain import hillshade as lambert_hillshade
 
 __all__ = [
     "ExportError",
@@ -420,17 +421,11 @@ def hillshade(dem_m: np.ndarray, pixel_size_m: float, azimuth_deg: float = 315.0
     dem = np.asarray(dem_m, dtype=np.float64)
     valid = np.isfinite(dem)
     filled = np.where(valid, dem, dem[valid].mean() if valid.any() else 0.0)
-    if min(filled.shape) >= 2:
-        d_row, d_col = np.gradient(filled, pixel_size_m)
-    else:
-        d_row = d_col = np.zeros_like(filled)
-    dz_east, dz_north = d_col, -d_row
-    az, alt = math.radians(azimuth_deg), math.radians(altitude_deg)
-    sun = (math.sin(az) * math.cos(alt), math.cos(az) * math.cos(alt), math.sin(alt))
-    norm = np.sqrt(dz_east ** 2 + dz_north ** 2 + 1.0)
-    shade = (-dz_east * sun[0] - dz_north * sun[1] + sun[2]) / norm
-    shade = np.clip(shade, 0.0, 1.0)
-    return np.where(valid, shade, np.nan)
+    if min(filled.shape) < 2:  # no gradient on a single row or column: lit as flat ground
+        shade = np.full(filled.shape, math.sin(math.radians(altitude_deg)))
+    else:  # the project's one Lambertian shading (the synthetic world renders with it too)
+        shade = lambert_hillshade(filled, pixel_size_m, azimuth_deg, altitude_deg).astype(np.float64)
+    return np.where(valid, np.clip(shade, 0.0, 1.0), np.nan)
 
 
 def colour_relief(dem_m: np.ndarray, pixel_size_m: float) -> np.ndarray:
