@@ -1,6 +1,7 @@
 """The main job as users run it: apply the profile, own one Prefect API, run retrain, print a summary."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -30,7 +31,14 @@ def run_main_job(root: Path, profile: str | None, stages: list[str] | None, forc
     raw = root / params["data"]["raw_dir"]
     if raw.exists():
         print()
-        print(format_summary(summarise_world(raw, decode=True)))
+        # The validate stage already decoded every cell once: report what it found rather than
+        # decode the whole world a second time (`mesa data summary` still does, on request).
+        print(format_summary(summarise_world(raw, decode=False)))
+        curation = root / "reports" / "curation.json"
+        if curation.exists():
+            report = json.loads(curation.read_text())
+            print(f"  read back and curated: {report['kept_cells']} of {report['input_cells']} cells kept; "
+                  f"rejected per reason: {report['rejected_per_reason']}")
     print(f"\nDone in {time.perf_counter() - started:.0f} s. Outputs: {raw}/, reports/; "
           f"data versions in dvc.lock (dvc status, dvc push).")
     return results

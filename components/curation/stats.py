@@ -15,7 +15,6 @@ import numpy as np
 from components.captions.landform import landform_inputs
 
 DEM_PIXEL_M = 30.0
-IMAGE_PIXEL_M = 10.0
 
 
 def image_statistics(rgb: Sequence[np.ndarray], cloud_mask: np.ndarray, cloud_classes: Sequence[int]) -> dict:
