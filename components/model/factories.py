@@ -119,3 +119,74 @@ def build_unet(config: dict[str, Any], device: str | torch.device = "cpu", dtype
     if dtype is not None:
         model = model.to(dtype=dtype)
     return model
+
+
+def tiny_vae_config(latent_factor: int = 8, latent_channels: int = 4, **overrides: Any) -> dict[str, Any]:
+    """A small ``AutoencoderKL`` for the tiny and micro profiles (trained by the ``vae`` stage).
+
+    One down-sampling per block after the first, so ``latent_factor`` = 2 ** (blocks - 1): 8 gives
+    SD's factor with four blocks. Three channels in and out: RGB, and the DEM repeated 3 times.
+    """
+    blocks = int(latent_factor).bit_length() - 1
+    if latent_factor < 1 or 2**blocks != latent_factor:
+        raise ValueError(f"latent_factor must be a power of two, got {latent_factor}")
+    widths = [32, 64, 64, 64, 64, 64][: blocks + 1]
+    cfg: dict[str, Any] = {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": int(latent_channels),
+        "block_out_channels": widths,
+        "down_block_types": ["DownEncoderBlock2D"] * len(widths),
+        "up_block_types": ["UpDecoderBlock2D"] * len(widths),
+        "layers_per_block": 1,
+        "norm_num_groups": 16,
+        "sample_size": 64,
+        "scaling_factor": 1.0,  # the vae stage measures the real one from the latents' spread
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def build_vae(config: dict[str, Any]):
+    """An ``AutoencoderKL`` from a config (``tiny_vae_config`` or a pretrained folder's)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**config)
+
+
+# Stable Diffusion 2.1's noise schedule: what the paper fine-tunes from, so the tiny model uses it too.
+SD21_SCHEDULER = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "v_prediction",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+}
+
+
+def training_scheduler(**overrides: Any):
+    """The DDPM noise scheduler training adds noise with (v-prediction, SD 2.1's betas)."""
+    from diffusers import DDPMScheduler
+
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type",
+            "clip_sample", "steps_offset", "timestep_spacing")
+    return DDPMScheduler(**{**{k: SD21_SCHEDULER[k] for k in keys}, **overrides})
+
+
+SAMPLERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "euler": "EulerDiscreteScheduler",
+            "dpm++": "DPMSolverMultistepScheduler", "pndm": "PNDMScheduler"}
+
+
+def sampling_scheduler(name: str = "ddim", config: dict[str, Any] | None = None):
+    """An inference scheduler by short name (SAMPLERS) or diffusers class name, on the training schedule."""
+    import diffusers
+
+    class_name = SAMPLERS.get(name, name)
+    scheduler_class = getattr(diffusers, class_name, None)
+    if scheduler_class is None or not hasattr(scheduler_class, "from_config"):
+        raise ValueError(f"unknown sampler {name!r}: use one of {sorted(SAMPLERS)} or a diffusers scheduler class name")
+    return scheduler_class.from_config(config or SD21_SCHEDULER)
