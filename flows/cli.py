@@ -55,6 +55,39 @@ def stage_command(name: str = typer.Argument(..., help="Stage name as in dvc.yam
     run_stage(name, _root())
 
 
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help='Caption, e.g. "A Sentinel-2 image of deserts and mountains in Chile in March".'),
+    model: str = typer.Option("models/pipeline", help="A pipeline folder, or an MLflow URI (models:/mesa@champion, runs:/ID/pipeline)."),
+    seed: list[int] = typer.Option([42], "--seed", help="Seed (repeatable: one generation per seed)."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: params sample.steps, 50)."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: sample.guidance, 7)."),
+    sampler: Optional[str] = typer.Option(None, help="ddim, ddpm, euler, dpm++, pndm or a diffusers scheduler class."),
+    negative_prompt: Optional[str] = typer.Option(None, help="What to steer away from."),
+    grid_cell: Optional[str] = typer.Option(None, help="Place the GeoTIFFs on this Major TOM cell (e.g. 454U_120R)."),
+    out: Path = typer.Option(Path("generated"), help="Output folder (GeoTIFFs, heightmaps, previews, generation.json)."),
+) -> None:
+    """Generate an RGB image and its DEM in metres from a caption, and export them for GIS and 3D tools."""
+    from components.export.generation import generate_and_export
+    from components.params import load_params
+    from components.tracking.models import load_pipeline
+
+    root = _root()
+    defaults = (load_params(root).get("sample") or {}) if (root / "params.yaml").exists() else {}
+    pipeline = load_pipeline(model, root)
+    written = generate_and_export(
+        pipeline, prompt, seeds=seed, out_dir=out, model=model,
+        steps=int(steps or defaults.get("steps", 50)),
+        guidance=float(guidance if guidance is not None else defaults.get("guidance", 7.0)),
+        sampler=sampler or defaults.get("sampler"), eta=float(defaults.get("eta", 0.0)),
+        negative_prompt=negative_prompt, grid_cell=grid_cell,
+    )
+    for item in written["generations"]:
+        typer.echo(f"seed {item['seed']}: DEM {item['dem_min_m']:.0f}..{item['dem_max_m']:.0f} m "
+                   f"(base {item['base_elevation_m']:.0f} m from {item['base_elevation_key'] or 'global median'!r})")
+    typer.echo(f"wrote {len(written['files'])} files -> {out}/ (generation.json lists them)")
+
+
 @data_app.command("synth")
 def data_synth(
     out: Path = typer.Option(Path("data/raw"), help="Folder for s2l2a/, s2l1c/, dem/ and layers/."),

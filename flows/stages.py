@@ -227,8 +227,109 @@ def prepare_stage_flow(project_dir: str) -> dict:
     return report
 
 
+MODELS_DIR = Path("models")
+LATENTS_DIR = Path("data/latents")
+
+
+def _pretrained_vae(model_params: dict) -> str | None:
+    """The pretrained VAE folder: model.vae, else model.pretrained's vae/ (SD 2.1 layout), else None."""
+    if model_params.get("vae"):
+        return str(model_params["vae"])
+    if model_params.get("pretrained"):
+        return str(Path(model_params["pretrained"]) / "vae")
+    return None
+
+
+@flow(name="stage-vae")
+def vae_stage_flow(project_dir: str) -> dict:
+    """The VAE both modalities share: trained on the plain-L2A samples, or a pretrained one linked."""
+    import json
+
+    from components.model.vae import VaeTrainParams, run_vae_stage
+
+    root = Path(project_dir)
+    params = load_params(root)
+    stats = json.loads((root / SAMPLES_DIR / "stats.json").read_text())
+    shards = sorted(str(p) for p in (root / SAMPLES_DIR).glob("*.parquet"))
+    pretrained = _pretrained_vae(params.get("model") or {})
+    if pretrained and not Path(pretrained).is_absolute():
+        pretrained = str(root / pretrained)
+    report = run_vae_stage(shards, stats, VaeTrainParams.from_params(params["vae"]), root / MODELS_DIR / "vae",
+                           pretrained=pretrained, progress=_progress("vae"))
+    write_json_atomic(root / REPORTS_DIR / "vae.json", report)
+    print(f"[vae] -> {root / MODELS_DIR / 'vae'}; report {REPORTS_DIR}/vae.json", flush=True)
+    return report
+
+
+@flow(name="stage-latents")
+def latents_stage_flow(project_dir: str) -> dict:
+    """Every sample encoded once by the frozen VAE (or a 'disabled' manifest when latents.enabled is off)."""
+    import json
+
+    from diffusers import AutoencoderKL
+
+    from components.samples.latents import encode_samples_to_latents, write_disabled_manifest
+
+    root = Path(project_dir)
+    params = load_params(root)
+    out = root / LATENTS_DIR
+    if not params["latents"]["enabled"]:
+        shutil.rmtree(out, ignore_errors=True)
+        write_disabled_manifest(out)
+        print("[latents] latents.enabled is false: the trainer encodes on the fly", flush=True)
+        return {"enabled": False}
+    stats = json.loads((root / SAMPLES_DIR / "stats.json").read_text())
+    vae = AutoencoderKL.from_pretrained(str(root / MODELS_DIR / "vae"), local_files_only=True)
+    shards = sorted(str(p) for p in (root / SAMPLES_DIR).glob("*.parquet"))
+    staging = out.with_name(out.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    report = encode_samples_to_latents(shards, vae, staging, dem_scale_m=stats["dem_scale_m"],
+                                       batch_size=int(params["latents"]["batch_size"]), progress=_progress("latents"))
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    print(f"[latents] {report.get('samples')} samples -> {out}", flush=True)
+    return report
+
+
+@flow(name="stage-train")
+def train_stage_flow(project_dir: str) -> dict:
+    """Train through `accelerate launch` with the config named in train.accelerate_config."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(project_dir)
+    params = load_params(root)
+    train = params["train"]
+    config = root / train["accelerate_config"]
+    if not config.exists():
+        raise SystemExit(f"train.accelerate_config names {config}, which does not exist (see infra/accelerate/)")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+               "--num_processes", str(int(train["num_processes"])), "-m", "flows.train_entry", str(root)]
+    print(f"[train] {' '.join(command[2:])}", flush=True)
+    process = subprocess.Popen(command, cwd=root, env=dict(os.environ), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, bufsize=1)
+    for line in process.stdout:
+        print(line.rstrip(), flush=True)
+    if process.wait() != 0:
+        raise SystemExit(f"training failed (exit code {process.returncode}); its log is above. "
+                         "A rerun resumes from the last checkpoint in models/checkpoints/.")
+    result = json.loads((root / "reports" / "train.json").read_text())
+    return result
+
+
+def _progress(label: str):
+    def show(done: int, total: int, *rest) -> None:
+        extra = " ".join(f"{r:.4g}" if isinstance(r, float) else str(r) for r in rest)
+        print(f"[{label}] {done}/{total} {extra}".rstrip(), flush=True)
+
+    return show
+
+
 STAGE_FLOWS = {"synth": synth_stage_flow, "validate": validate_stage_flow, "captions": captions_stage_flow,
-               "prepare": prepare_stage_flow}
+               "prepare": prepare_stage_flow, "vae": vae_stage_flow, "latents": latents_stage_flow,
+               "train": train_stage_flow}
 
 
 def relative_to_project(text: str, root: Path) -> str:

@@ -81,3 +81,13 @@ def captioned(curated):
     project, _, world = curated
     captions_stage_flow(str(project))
     return project, world
+
+
+@pytest.fixture(scope="session")
+def prepared_project(captioned):
+    """The captioned micro project with its prepare stage run: data/samples/*.parquet + stats.json."""
+    from flows.stages import prepare_stage_flow
+
+    project, world = captioned
+    prepare_stage_flow(str(project))
+    return project, world

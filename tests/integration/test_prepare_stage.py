@@ -14,11 +14,9 @@ from components.samples.shards import read_sample_shard
 
 
 @pytest.fixture(scope="module")
-def prepared(captioned):
-    from flows.stages import prepare_stage_flow
-
-    project, world = captioned
-    report = prepare_stage_flow(str(project))
+def prepared(prepared_project):
+    project, world = prepared_project
+    report = json.loads((project / "reports/prepare.json").read_text())
     samples = [s for shard in sorted((project / "data/samples").glob("*.parquet")) for s in read_sample_shard(shard)]
     stats = json.loads((project / "data/samples/stats.json").read_text())
     return project, report, samples, stats, world

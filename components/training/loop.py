@@ -1,0 +1,511 @@
+"""The training loop: accelerate, the masked v-prediction loss, EMA, exact resume, MLflow.
+
+One call of :func:`train` is one process of a (possibly multi-process) run; ``accelerate
+launch`` starts the processes (the train stage does). What makes resuming exact:
+
+- data order and caption augmentation depend only on (seed, epoch, sample id), and the state
+  records how many micro-batches of the current epoch are done, which a resumed run skips;
+- every random draw of a micro-batch (posterior sample, noises, timesteps) comes from a generator
+  seeded by (seed, micro-batch number, rank), not from a global stream;
+- model, optimiser, learning-rate schedule, EMA and this loop's counters are one accelerate
+  checkpoint, written to a temporary folder and renamed, so a killed run never leaves half of one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.training.params import TrainParams
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+@dataclass
+class Layout:
+    """Where a run reads and writes, relative to the project (the DVC stage's deps and outs)."""
+
+    samples: Path
+    latents: Path
+    vae: Path
+    captions: Path
+    checkpoints: Path
+    pipeline: Path
+    run_record: Path
+
+    @classmethod
+    def for_project(cls, root: str | Path) -> Layout:
+        root = Path(root)
+        return cls(samples=root / "data/samples", latents=root / "data/latents", vae=root / "models/vae",
+                   captions=root / "data/captions/captions.parquet", checkpoints=root / "models/checkpoints",
+                   pipeline=root / "models/pipeline", run_record=root / "models/train_run.json")
+
+
+@dataclass
+class TrainState:
+    """The loop's own counters, saved in every checkpoint (accelerate calls state_dict)."""
+
+    step: int = 0            # optimiser updates done
+    micro_step: int = 0      # micro-batches done, all epochs
+    epoch: int = 0
+    epoch_batches: int = 0   # micro-batches of the current epoch done
+    empty_samples: int = 0   # samples whose valid mask was empty (they contribute nothing)
+    run_id: str = ""
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
+    """The generator of one micro-batch on one rank: the same draws whether or not the run resumed."""
+    digest = hashlib.blake2b(f"{seed}/{micro_step}/{rank}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+
+
+# ------------------------------------------------------------------------------------------
+# building the parts
+
+
+def caption_corpus(captions_path: Path) -> list[str]:
+    """Every caption the augmentation can produce comes from these words: the full captions plus
+    each descriptor's full and short forms (byte-level BPE handles anything else)."""
+    import pandas as pd
+
+    table = pd.read_parquet(captions_path)
+    texts = list(table["caption"].dropna())
+    for column in table.columns:
+        if column != "caption" and table[column].dtype == object:
+            texts.extend(str(v) for v in table[column].dropna().unique())
+    return texts
+
+
+def build_text_side(model_params: Mapping[str, Any], captions_path: Path, seed: int):
+    """(tokenizer, text_encoder): SD 2.1's from model.pretrained, else trained/seeded tiny ones."""
+    from components.model.text import load_pretrained_text, tiny_text_encoder, train_caption_tokenizer
+
+    if model_params.get("pretrained"):
+        return load_pretrained_text(model_params["pretrained"], freeze=True)
+    text = model_params.get("text") or {}
+    tokenizer = train_caption_tokenizer(caption_corpus(captions_path), vocab_size=int(text.get("vocab_size", 2048)))
+    encoder = tiny_text_encoder(len(tokenizer), hidden_size=int(text.get("hidden_size", 32)),
+                                layers=int(text.get("layers", 2)), heads=int(text.get("heads", 2)), seed=seed)
+    return tokenizer, encoder
+
+
+def build_unet_from_params(model_params: Mapping[str, Any], latent_px: int, cross_attention_dim: int, seed: int):
+    """The TwoHeadUNet: SD 2.1's weights when model.pretrained names a folder, else a seeded config."""
+    from components.model import factories
+    from components.model.convert import from_pretrained_sd
+
+    shared = bool(model_params.get("shared_first_block", False))
+    if model_params.get("pretrained"):
+        return from_pretrained_sd(model_params["pretrained"], shared_first_block=shared)
+    configs = {"tiny": factories.tiny_unet_config, "published_tiny": factories.published_tiny_config,
+               "paper": factories.paper_unet_config}
+    name = model_params.get("unet", "tiny")
+    if name not in configs:
+        raise ValueError(f"model.unet must be one of {sorted(configs)}, got {name!r}")
+    config = configs[name](sample_size=latent_px, cross_attention_dim=cross_attention_dim, shared_first_block=shared,
+                           **(model_params.get("unet_overrides") or {}))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return factories.build_unet(config)
+
+
+def load_frozen_vae(vae_dir: Path):
+    from diffusers import AutoencoderKL
+
+    if not (vae_dir / "config.json").exists():
+        raise FileNotFoundError(f"{vae_dir} holds no AutoencoderKL (config.json): run the vae stage first "
+                                "(`mesa stage vae` or `dvc repro vae`)")
+    vae = AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True)
+    return vae.eval().requires_grad_(False)
+
+
+# ------------------------------------------------------------------------------------------
+# checkpoints
+
+# Settings that change how long or how visibly a run trains, not what it learns: a run may
+# change them and still resume (e.g. raise steps to train longer).
+SCHEDULE_ONLY = ("steps", "resume", "checkpoint_every", "keep_checkpoints", "validate_every", "grid_every",
+                 "grid_captions", "grid_seeds", "grid_steps", "log_every", "log_model", "dataloader_workers",
+                 "accelerate_config")
+
+
+def run_fingerprint(params: Mapping[str, Any], stats: Mapping[str, Any], vae_config: Mapping[str, Any]) -> str:
+    """What a checkpoint must match to be resumed: model, training, augmentation, shadow, data, VAE.
+
+    Checkpoints live in models/checkpoints/<fingerprint>/, so the two arms of an ablation (or a
+    changed learning rate) never resume each other's state, and switching back resumes its own.
+    """
+    train = {k: v for k, v in (params.get("train") or {}).items() if k not in SCHEDULE_ONLY}
+    what = {"model": params.get("model"), "train": train, "augmentation": params["captions"]["augmentation"],
+            "shadow": params["shadow"], "stats": stats, "vae": {k: v for k, v in dict(vae_config).items()
+                                                                if not k.startswith("_")}}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a folder still named *.tmp is an interrupted write)."""
+    if not folder.is_dir():
+        return []
+    done = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+            and not p.name.endswith(".tmp")]
+    return sorted(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def resume_point(folder: Path, resume: str) -> Path | None:
+    if resume == "none":
+        return None
+    found = list_checkpoints(folder)
+    if resume == "latest":
+        return found[-1] if found else None
+    chosen = folder / resume
+    if chosen not in found:
+        raise FileNotFoundError(f"train.resume names {chosen}, which is not a complete checkpoint; "
+                                f"found: {[p.name for p in found]}")
+    return chosen
+
+
+def save_checkpoint(accelerator, folder: Path, step: int, keep: int) -> Path:
+    """accelerate's full state at ``step``, written to a temporary folder then renamed; keeps ``keep``."""
+    final = folder / f"{CHECKPOINT_PREFIX}{step:06d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in list_checkpoints(folder)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ------------------------------------------------------------------------------------------
+# data
+
+
+def make_dataset(layout: Layout, params: Mapping[str, Any], train: TrainParams, rank: int, world: int, split: str,
+                 augment: bool):
+    """Cached latents when the latents stage wrote them, else the samples (encoded on the fly)."""
+    from components.samples.latents import LatentSampleDataset, read_manifest
+    from components.samples.dataset import TerrainSampleDataset
+
+    stats = json.loads((layout.samples / "stats.json").read_text())
+    manifest = read_manifest(layout.latents) if (layout.latents / "manifest.json").exists() else {"enabled": False}
+    cached = bool(manifest.get("enabled"))
+    source = layout.latents if cached else layout.samples
+    shards = sorted(str(p) for p in source.glob("*.parquet"))
+    kind = LatentSampleDataset if cached else TerrainSampleDataset
+    dataset = kind(shards, split, dem_scale_m=stats["dem_scale_m"], seed=train.seed,
+                   shuffle=augment, shadow=bool(params["shadow"]["enabled"]),
+                   augmentation=(params["captions"]["augmentation"] if augment else None),
+                   rank=rank, world_size=world, shuffle_buffer=train.shuffle_buffer if augment else 0,
+                   drop_last=augment)
+    return dataset, cached, stats
+
+
+def collate_for(cached: bool):
+    from components.samples.dataset import collate
+    from components.samples.latents import collate_latents
+
+    return collate_latents if cached else collate
+
+
+def batch_latents(batch: Mapping[str, Any], vae, cached: bool, generator: torch.Generator,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image latents, DEM latents) of a batch, sampled from the VAE posterior and scaled."""
+    from components.samples.latents import sample_posterior
+
+    scale = float(vae.config.scaling_factor)
+    if cached:
+        image = sample_posterior(batch["rgb_latent_mean"], batch["rgb_latent_std"], generator)
+        dem = sample_posterior(batch["dem_latent_mean"], batch["dem_latent_std"], generator)
+    else:
+        with torch.no_grad():
+            both = vae.encode(torch.cat([batch["rgb"], batch["dem"]]).to(device, vae.dtype)).latent_dist
+            drawn = sample_posterior(both.mean.float().cpu(), both.std.float().cpu(), generator)
+        image, dem = drawn.chunk(2)
+    return (image * scale).to(device), (dem * scale).to(device)
+
+
+# ------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | None = None,
+          accelerator=None) -> dict[str, Any]:
+    """Train the two-head UNet and write models/pipeline/ and models/train_run.json.
+
+    Args:
+        project_dir: the project (params.yaml's folder); inputs and outputs are in ``Layout``.
+        params: the whole params.yaml (groups model, train, captions, shadow, sample).
+        stop_after: stop after this many optimiser updates (tests of resume; default: train.steps).
+        accelerator: an ``accelerate.Accelerator`` (default: one from train's settings).
+    """
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from torch.utils.data import DataLoader
+
+    from components.model.factories import training_scheduler
+    from components.model.text import tokenize_prompts
+    from components.training.loss import masked_v_loss, noisy_latents
+
+    root = Path(project_dir)
+    layout = Layout.for_project(root)
+    train_params = TrainParams.from_params(params["train"])
+    model_params = params.get("model") or {}
+    # cpu=True without a GPU: under a torchrun-style launch (several processes) accelerate then
+    # picks gloo DDP on the CPU instead of treating each process as a run of its own.
+    accelerator = accelerator or Accelerator(mixed_precision=train_params.mixed_precision,
+                                             gradient_accumulation_steps=train_params.grad_accumulation,
+                                             cpu=not torch.cuda.is_available())
+    rank, world = accelerator.process_index, accelerator.num_processes
+    device = accelerator.device
+    say = _printer(accelerator)
+
+    # 1. Data: this rank's share of the training split, plus fixed held-out samples for validation.
+    dataset, cached, stats = make_dataset(layout, params, train_params, rank, world, "train", augment=True)
+    if dataset.num_samples() < world * train_params.batch_size:
+        raise ValueError(f"{dataset.num_samples()} training samples cannot fill one batch of {train_params.batch_size} "
+                         f"on each of {world} processes: lower train.batch_size or add data")
+    loader = DataLoader(dataset, batch_size=train_params.batch_size, collate_fn=collate_for(cached),
+                        num_workers=train_params.dataloader_workers, drop_last=True)
+
+    # 2. Frozen parts and the UNet.
+    vae = load_frozen_vae(layout.vae).to(device)
+    tokenizer, text_encoder = build_text_side(model_params, layout.captions, train_params.seed)
+    text_encoder.requires_grad_(train_params.train_text_encoder).train(train_params.train_text_encoder)
+    latent_px = stats["prepare"]["image_px"] // stats["prepare"]["latent_factor"]
+    unet = build_unet_from_params(model_params, latent_px, text_encoder.config.hidden_size, train_params.seed)
+    if train_params.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    noise_scheduler = training_scheduler()
+
+    trainable = list(unet.parameters()) + (list(text_encoder.parameters()) if train_params.train_text_encoder else [])
+    optimizer = torch.optim.AdamW(trainable, lr=train_params.learning_rate, weight_decay=train_params.weight_decay)
+    lr_schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=train_params.warmup_steps)
+    if train_params.train_text_encoder:
+        unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(unet, text_encoder, optimizer, lr_schedule)
+    else:
+        unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
+        text_encoder.to(device)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    ema = None
+    if train_params.ema_enabled:
+        ema = EMAModel(accelerator.unwrap_model(unet).parameters(), decay=train_params.ema_decay)
+        ema.to(device)
+        accelerator.register_for_checkpointing(ema)
+
+    # 3. Resume exactly where the last complete checkpoint of this configuration stopped.
+    checkpoints = layout.checkpoints / run_fingerprint(params, stats, vae.config)
+    start = resume_point(checkpoints, train_params.resume)
+    if start is not None:
+        accelerator.load_state(str(start))
+        say(f"[train] resumed from {start.name}: step {state.step}, epoch {state.epoch}")
+
+    # 4. Tracking (main process only) and the fixed validation set.
+    from components.training.validation import ValidationSet
+
+    tracker = _start_tracking(root, params, train_params, accelerator, state, stats, dataset, cached)
+    validation = ValidationSet.build(layout, params, train_params, vae, tokenizer, text_encoder, device)
+
+    history: list[dict[str, float]] = []
+
+    def evaluate() -> None:
+        if not accelerator.is_main_process:
+            return
+        losses = validation.losses(accelerator.unwrap_model(unet), noise_scheduler)
+        history.append({"step": state.step, **losses})
+        tracker.log_metrics({f"val/{k}": v for k, v in losses.items()}, step=state.step)
+        say(f"[train] step {state.step}: validation loss {losses['loss']:.4f} "
+            f"(captions shuffled: {losses['loss_shuffled_captions']:.4f})")
+
+    if state.step == 0:
+        evaluate()
+
+    # 5. The loop: micro-batches until `steps` updates are done.
+    total = train_params.steps if stop_after is None else min(stop_after, train_params.steps)
+    unet.train()
+    started, seen_since, last_log = time.perf_counter(), 0, time.perf_counter()
+    while state.step < total:
+        dataset.set_epoch(state.epoch)
+        for index, batch in enumerate(loader):
+            if index < state.epoch_batches:  # done before the checkpoint we resumed from
+                continue
+            generator = step_generator(train_params.seed, state.micro_step, rank)
+            with accelerator.accumulate(unet):
+                image, dem = batch_latents(batch, vae, cached, generator, device)
+                noisy, target, timesteps = noisy_latents(noise_scheduler, image, dem, generator)
+                ids = tokenize_prompts(tokenizer, batch["caption"]).to(device)
+                with torch.set_grad_enabled(train_params.train_text_encoder):
+                    context = text_encoder(input_ids=ids).last_hidden_state
+                with accelerator.autocast():
+                    prediction = unet(noisy, timesteps, context).sample
+                parts = masked_v_loss(prediction.float(), target.float(), batch["mask_latent"].to(device))
+                accelerator.backward(parts.total)
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(trainable, train_params.grad_clip)
+                optimizer.step()
+                lr_schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.micro_step += 1
+            state.epoch_batches += 1
+            state.empty_samples += int(parts.empty_samples)
+            seen_since += len(batch["caption"]) * world
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(unet).parameters())
+            if state.step % train_params.log_every == 0 or state.step == total:
+                now = time.perf_counter()
+                tracker.log_metrics({
+                    "loss": float(parts.total), "loss/image": float(parts.image), "loss/dem": float(parts.dem),
+                    "lr": lr_schedule.get_last_lr()[0], "grad_norm": float(grad_norm),
+                    "samples_per_s": seen_since / max(now - last_log, 1e-9),
+                    "valid_share": float(parts.valid_share), "empty_samples": state.empty_samples,
+                }, step=state.step)
+                say(f"[train] step {state.step}/{train_params.steps} loss {float(parts.total):.4f} "
+                    f"({seen_since / max(now - last_log, 1e-9):.1f} samples/s)")
+                seen_since, last_log = 0, now
+            if state.step % train_params.validate_every == 0:
+                evaluate()
+            if train_params.grid_captions and state.step % train_params.grid_every == 0:
+                _log_grid(accelerator, tracker, unet, ema, vae, tokenizer, text_encoder, stats, params, train_params,
+                          state.step)
+            if state.step % train_params.checkpoint_every == 0:
+                save_checkpoint(accelerator, checkpoints, state.step, train_params.keep_checkpoints)
+            if state.step >= total:
+                break
+        else:  # the epoch ran out: next one from its first batch
+            state.epoch += 1
+            state.epoch_batches = 0
+
+    # 6. Outputs: the pipeline (EMA weights when on) and the run record; checkpoints stay.
+    seconds = time.perf_counter() - started
+    result = {"step": state.step, "epoch": state.epoch, "run_id": tracker.run_id, "cached_latents": cached,
+              "empty_samples": state.empty_samples, "checkpoints": str(checkpoints.relative_to(root)),
+              "validation_split": validation.split}
+    if state.step >= train_params.steps:
+        if state.step % train_params.checkpoint_every:
+            save_checkpoint(accelerator, checkpoints, state.step, train_params.keep_checkpoints)
+        if state.step % train_params.validate_every:
+            evaluate()
+        if history:
+            result["validation_first"] = {k: round(v, 6) for k, v in history[0].items()}
+            result["validation_last"] = {k: round(v, 6) for k, v in history[-1].items()}
+        if accelerator.is_main_process:
+            pipeline = _final_pipeline(accelerator, unet, ema, vae, tokenizer, text_encoder, stats, params)
+            _save_atomically(pipeline, layout.pipeline)
+            if train_params.log_model:
+                from components.tracking.pyfunc import log_pipeline_model
+
+                if tracker.run_id:
+                    tracker.flush()
+                    result["model_uri"] = log_pipeline_model(tracker.run_id, str(layout.pipeline))
+            from components.atomic import write_json_atomic
+
+            write_json_atomic(layout.run_record, {"run_id": tracker.run_id, "experiment": train_params.experiment,
+                                                  "steps": state.step, "model_uri": result.get("model_uri")})
+        say(f"[train] {state.step} steps in {seconds:.0f} s -> {layout.pipeline}")
+    accelerator.wait_for_everyone()
+    tracker.finish()
+    return result
+
+
+# ------------------------------------------------------------------------------------------
+# helpers of the loop
+
+
+def _printer(accelerator):
+    def say(message: str) -> None:
+        if accelerator.is_main_process:
+            print(message, flush=True)
+
+    return say
+
+
+def _start_tracking(root: Path, params, train_params: TrainParams, accelerator, state: TrainState, stats,
+                    dataset, cached: bool):
+    from components.tracking.lineage import lineage_tags
+    from components.tracking.runs import RunLogger
+
+    enabled = accelerator.is_main_process
+    counts = {"train_samples": dataset.num_samples(), "processes": accelerator.num_processes,
+              "cached_latents": cached, "samples": stats.get("samples")}
+    tags = lineage_tags(root, params, counts) if enabled else {}
+    if state.run_id:
+        tracker = RunLogger.resume(state.run_id, root, enabled=enabled)
+    else:
+        tracker = RunLogger.start(train_params.experiment, f"train-{params.get('profile', 'custom')}", root,
+                                  tags=tags, enabled=enabled)
+        tracker.log_params(params)
+    if enabled:
+        state.run_id = tracker.run_id or ""
+    return tracker
+
+
+def _unet_for_sampling(accelerator, unet, ema):
+    """A copy of the UNet with the EMA weights when EMA is on (the training weights stay put)."""
+    import copy
+
+    model = copy.deepcopy(accelerator.unwrap_model(unet)).eval()
+    if ema is not None:
+        ema.copy_to(model.parameters())
+    return model.float()
+
+
+def _final_pipeline(accelerator, unet, ema, vae, tokenizer, text_encoder, stats, params):
+    from components.model.pipeline import build_pipeline
+
+    sample = params.get("sample") or {}
+    encoder = accelerator.unwrap_model(text_encoder).eval()
+    return build_pipeline(_unet_for_sampling(accelerator, unet, ema).cpu(), vae,
+                          encoder, tokenizer, stats, sampler=sample.get("sampler", "ddim"))
+
+
+def _save_atomically(pipeline, folder: Path) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipeline.save_pretrained(str(tmp))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def _log_grid(accelerator, tracker, unet, ema, vae, tokenizer, text_encoder, stats, params, train_params, step):
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return
+    from components.training.validation import render_grid
+
+    pipeline = _final_pipeline(accelerator, unet, ema, vae, tokenizer, text_encoder, stats, params)
+    captions = list(train_params.grid_captions)
+    seeds = list(train_params.grid_seeds)
+    prompts = [c for c in captions for _ in seeds]
+    output = pipeline(prompt=prompts, seed=[s for _ in captions for s in seeds],
+                      num_inference_steps=train_params.grid_steps,
+                      guidance_scale=float((params.get("sample") or {}).get("guidance", 7.0)))
+    image = render_grid(output.rgb, output.dem_m, prompts, [s for _ in captions for s in seeds],
+                        pixel_size_m=float(stats["prepare"]["footprint_px"]) * 10.0 / output.rgb.shape[1])
+    tracker.log_image(image, f"grids/step_{step:06d}.png", step=step)
+    accelerator.wait_for_everyone()

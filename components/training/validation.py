@@ -1,0 +1,117 @@
+"""What training measures besides its own loss: a fixed validation loss and a validation grid.
+
+The validation loss uses held-out samples (the test split; the training split when a tiny world
+holds none), their full captions, the VAE posterior mean and fixed noises and timesteps, so the
+number is comparable across steps and runs. The same loss with the captions shuffled across the
+samples tells whether the model uses its conditioning at all.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+VALIDATION_SEED = 1234
+
+
+@dataclass
+class ValidationSet:
+    """Fixed held-out latents, captions, noises and timesteps (built once per run)."""
+
+    image: torch.Tensor          # (N, 4, h, w) scaled latents
+    dem: torch.Tensor
+    mask: torch.Tensor           # (N, 1, h, w)
+    captions: list[str]
+    noise_image: torch.Tensor
+    noise_dem: torch.Tensor
+    timesteps: torch.Tensor      # (N,)
+    tokenizer: Any
+    text_encoder: Any
+    split: str
+
+    @classmethod
+    def build(cls, layout, params: Mapping[str, Any], train_params, vae, tokenizer, text_encoder,
+              device) -> ValidationSet:
+        from components.samples.dataset import TerrainSampleDataset, collate
+        from components.training.loss import fixed_validation_noise
+
+        stats_scale = _dem_scale(layout)
+        shards = sorted(str(p) for p in layout.samples.glob("*.parquet"))
+        items = []
+        for split in ("test", "train"):
+            dataset = TerrainSampleDataset(shards, split, dem_scale_m=stats_scale, seed=train_params.seed,
+                                           shuffle=False, shadow=bool(params["shadow"]["enabled"]),
+                                           augmentation=None, rank=0, world_size=1, shuffle_buffer=0)
+            items = [item for _, item in zip(range(train_params.validation_samples), dataset)]
+            if items:
+                break
+        if not items:
+            raise ValueError(f"no samples in {layout.samples} to validate on")
+        batch = collate(items)
+        scale = float(vae.config.scaling_factor)
+        with torch.no_grad():
+            both = vae.encode(torch.cat([batch["rgb"], batch["dem"]]).to(device, vae.dtype)).latent_dist.mean
+        image, dem = (both.float() * scale).chunk(2)
+        noise = fixed_validation_noise(len(items), tuple(image.shape[1:]), VALIDATION_SEED)
+        return cls(image=image, dem=dem, mask=batch["mask_latent"].to(device), captions=list(batch["caption"]),
+                   noise_image=noise["image_noise"].to(device), noise_dem=noise["dem_noise"].to(device),
+                   timesteps=noise["timesteps"].to(device), tokenizer=tokenizer, text_encoder=text_encoder,
+                   split=split)
+
+    @torch.no_grad()
+    def losses(self, unet, scheduler) -> dict[str, float]:
+        """Validation loss with the true captions and with captions shuffled across samples."""
+        from components.model.text import tokenize_prompts
+        from components.training.loss import masked_v_loss
+
+        def loss_for(captions: Sequence[str]):
+            ids = tokenize_prompts(self.tokenizer, list(captions)).to(self.image.device)
+            context = self.text_encoder(input_ids=ids).last_hidden_state
+            noisy = torch.cat([scheduler.add_noise(self.image, self.noise_image, self.timesteps),
+                               scheduler.add_noise(self.dem, self.noise_dem, self.timesteps)], dim=1)
+            target = torch.cat([scheduler.get_velocity(self.image, self.noise_image, self.timesteps),
+                                scheduler.get_velocity(self.dem, self.noise_dem, self.timesteps)], dim=1)
+            prediction = unet(noisy.to(unet.dtype), self.timesteps, context.to(unet.dtype)).sample
+            return masked_v_loss(prediction.float(), target, self.mask)
+
+        was_training = unet.training
+        unet.eval()
+        true = loss_for(self.captions)
+        shuffled = loss_for(self.captions[1:] + self.captions[:1])  # every sample gets another's caption
+        unet.train(was_training)
+        return {"loss": float(true.total), "loss_image": float(true.image), "loss_dem": float(true.dem),
+                "loss_shuffled_captions": float(shuffled.total)}
+
+
+def _dem_scale(layout) -> float:
+    import json
+
+    return float(json.loads((layout.samples / "stats.json").read_text())["dem_scale_m"])
+
+
+def render_grid(rgb: np.ndarray, dem_m: np.ndarray, prompts: Sequence[str], seeds: Sequence[int],
+                pixel_size_m: float, panel_px: int = 128) -> Image.Image:
+    """One row per generation: the RGB next to the DEM's colour relief, with prompt and seed."""
+    from components.export.terrain import colour_relief
+
+    label_h = 28
+    width = 2 * panel_px
+    canvas = Image.new("RGB", (width, len(prompts) * (panel_px + label_h)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for row, (image, dem, prompt, seed) in enumerate(zip(rgb, dem_m, prompts, seeds)):
+        top = row * (panel_px + label_h)
+        draw.text((2, top + 1), _shorten(prompt, 44), fill="black")
+        draw.text((2, top + 14), f"seed {seed}  relief {np.nanmin(dem):.0f}..{np.nanmax(dem):.0f} m", fill="black")
+        relief = colour_relief(dem, pixel_size_m)
+        for col, panel in enumerate((image, relief)):
+            tile = Image.fromarray(np.ascontiguousarray(panel)).resize((panel_px, panel_px), Image.NEAREST)
+            canvas.paste(tile, (col * panel_px, top + label_h))
+    return canvas
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
