@@ -101,7 +101,13 @@ class TerrainSampleDataset(IterableDataset):
     [-1, 1]; ``mask`` float32 (1, H, W) and ``mask_latent`` float32 (1, H/f, W/f), 1 = valid;
     ``caption`` str; ``grid_cell`` and ``sample_id`` str; ``dem_mean_m`` float (metres);
     ``shadow_used`` bool; ``l1c_missing`` bool.
+
+    A subclass reading another shard kind of the same layout (``components.samples.latents``)
+    sets ``shard_reader`` and overrides ``_read`` (which columns) and ``_item`` (what it yields).
     """
+
+    #: The reader class for one shard (a ``SampleShardReader`` or a subclass of it).
+    shard_reader: type[SampleShardReader] = SampleShardReader
 
     def __init__(
         self,
@@ -154,7 +160,7 @@ class TerrainSampleDataset(IterableDataset):
         self.shapes: dict[str, tuple[int, ...]] | None = None
         n_blocks = 0
         for s, path in enumerate(self.shards):
-            with SampleShardReader(path) as reader:
+            with self.shard_reader(path) as reader:
                 shapes = {n: tuple(v["shape"]) for n, v in reader.metadata["arrays"].items()}
                 if self.shapes is None:
                     self.shapes, first = shapes, path
@@ -280,7 +286,7 @@ class TerrainSampleDataset(IterableDataset):
                 block = int(self._item_block[run[0]])
                 shard = int(self._block_shard[block])
                 if shard not in readers:
-                    readers[shard] = SampleShardReader(self.shards[shard])
+                    readers[shard] = self.shard_reader(self.shards[shard])
                 for raw in self._read(readers[shard], int(self._block_group[block]), self._item_row[run], buffered):
                     if not buffered:
                         yield self._item(raw, epoch)
@@ -316,18 +322,20 @@ class TerrainSampleDataset(IterableDataset):
                     sample[name] = sample[name].copy()
         return samples
 
-    def _item(self, raw: dict[str, Any], epoch: int) -> dict[str, Any]:
+    def _caption(self, raw: Mapping[str, Any], epoch: int) -> str:
+        """The sample's caption: full, or augmented by (seed, epoch, sample_id)."""
         descriptors = {c: raw[c] for c in DESCRIPTOR_COLUMNS}
         if self.augmentation is None:
-            caption = build_caption(descriptors)
-        else:
-            caption = augment_caption(descriptors, self.seed, epoch, raw["sample_id"], self.augmentation)
+            return build_caption(descriptors)
+        return augment_caption(descriptors, self.seed, epoch, raw["sample_id"], self.augmentation)
+
+    def _item(self, raw: dict[str, Any], epoch: int) -> dict[str, Any]:
         return {
             "rgb": rgb_to_model(raw["image"]),
             "dem": dem_to_model(raw["dem"], self.dem_scale_m),
             "mask": torch.from_numpy(raw["mask"].astype(np.float32)[None]),
             "mask_latent": torch.from_numpy(raw["mask_latent"].astype(np.float32)[None]),
-            "caption": caption,
+            "caption": self._caption(raw, epoch),
             "grid_cell": raw["grid_cell"],
             "sample_id": raw["sample_id"],
             "dem_mean_m": float(raw["dem_mean_m"]),

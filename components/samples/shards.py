@@ -295,33 +295,42 @@ def write_sample_shard(
 # Reading
 
 
-def _parse_metadata(path: str, schema: pa.Schema) -> dict[str, Any]:
-    raw = (schema.metadata or {}).get(METADATA_KEY)
+def _parse_metadata(
+    path: str,
+    schema: pa.Schema,
+    *,
+    key: bytes = METADATA_KEY,
+    fmt: str = FORMAT,
+    version: int = FORMAT_VERSION,
+    columns: Sequence[str] = COLUMNS,
+    remedy: str = "rerun the prepare stage",
+) -> dict[str, Any]:
+    """The shard's parsed schema metadata, checked; the keywords let other shard kinds reuse it."""
+    raw = (schema.metadata or {}).get(key)
     if raw is None:
         raise SampleShardError(
-            f"{path}: no {METADATA_KEY.decode()!r} schema metadata: not a training-sample shard "
-            "(write it with write_sample_shard, i.e. rerun the prepare stage)"
+            f"{path}: no {key.decode()!r} schema metadata: not a {fmt} shard ({remedy} to write it)"
         )
     meta = json.loads(raw)
-    if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+    if meta.get("format") != fmt or meta.get("version") != version:
         raise SampleShardError(
-            f"{path}: sample shard format {meta.get('format')!r} version {meta.get('version')!r}, "
-            f"this code reads {FORMAT!r} version {FORMAT_VERSION}: rerun the prepare stage"
+            f"{path}: shard format {meta.get('format')!r} version {meta.get('version')!r}, "
+            f"this code reads {fmt!r} version {version}: {remedy}"
         )
-    missing = [c for c in COLUMNS if c not in schema.names]
+    missing = [c for c in columns if c not in schema.names]
     if missing:
-        raise SampleShardError(f"{path}: lacks columns {missing}: rerun the prepare stage")
+        raise SampleShardError(f"{path}: lacks columns {missing}: {remedy}")
     return meta
 
 
-def _check_columns(columns: Sequence[str] | None) -> list[str]:
+def _check_columns(columns: Sequence[str] | None, allowed: Sequence[str] = COLUMNS) -> list[str]:
     if columns is None:
-        return list(COLUMNS)
+        return list(allowed)
     if isinstance(columns, str):
         columns = [columns]
-    unknown = [c for c in columns if c not in COLUMNS]
+    unknown = [c for c in columns if c not in allowed]
     if unknown:
-        raise ValueError(f"unknown sample column(s) {unknown}; choose from {list(COLUMNS)}")
+        raise ValueError(f"unknown sample column(s) {unknown}; choose from {list(allowed)}")
     return list(dict.fromkeys(columns))
 
 
@@ -333,15 +342,34 @@ class SampleShardReader:
         metadata: the parsed ``mesa.samples`` schema metadata (dict).
         num_rows: samples in the shard.
         num_row_groups: row groups in the shard.
+
+    A shard kind with the same layout (raw-bytes arrays, shapes in the schema metadata) reuses
+    this reader by overriding the class attributes below (see ``components.samples.latents``).
     """
+
+    metadata_key: bytes = METADATA_KEY
+    format_name: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    columns: tuple[str, ...] = COLUMNS
+    scalar_columns: tuple[str, ...] = SCALAR_COLUMNS
+    nullable_arrays: tuple[str, ...] = ("rgb_shadow",)
+    remedy: str = "rerun the prepare stage"
 
     def __init__(self, path: str | Path):
         self.path = str(path)
         try:
             self._file = pq.ParquetFile(self.path)
         except (OSError, pa.ArrowInvalid) as err:
-            raise SampleShardError(f"{self.path}: cannot open as parquet ({err}): rerun the prepare stage") from err
-        self.metadata = _parse_metadata(self.path, self._file.schema_arrow)
+            raise SampleShardError(f"{self.path}: cannot open as parquet ({err}): {self.remedy}") from err
+        self.metadata = _parse_metadata(
+            self.path,
+            self._file.schema_arrow,
+            key=self.metadata_key,
+            fmt=self.format_name,
+            version=self.format_version,
+            columns=self.columns,
+            remedy=self.remedy,
+        )
         self.num_rows = self._file.metadata.num_rows
         self.num_row_groups = self._file.num_row_groups
         self._specs = {
@@ -362,8 +390,8 @@ class SampleShardReader:
 
     def read_column(self, column: str) -> pa.ChunkedArray:
         """One scalar column of the whole shard (e.g. ``split``), as Arrow."""
-        if column not in SCALAR_COLUMNS:
-            raise ValueError(f"read_column reads scalar columns {list(SCALAR_COLUMNS)}, not {column!r}")
+        if column not in self.scalar_columns:
+            raise ValueError(f"read_column reads scalar columns {list(self.scalar_columns)}, not {column!r}")
         return self._file.read(columns=[column], use_threads=False).column(0)
 
     def read_row_group(
@@ -381,7 +409,7 @@ class SampleShardReader:
             the group's Arrow buffers (``.copy()`` one to keep or modify it without holding the
             whole group), ``rgb_shadow`` None when not stored.
         """
-        names = _check_columns(columns)
+        names = _check_columns(columns, self.columns)
         table = self._file.read_row_group(group, columns=names, use_threads=False)
         n = table.num_rows
         picked = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -390,7 +418,7 @@ class SampleShardReader:
         out: list[dict[str, Any]] = [{} for _ in range(len(picked))]
         for name in names:
             column = table.column(name)
-            if name in ARRAY_DTYPES:
+            if name in self._specs:
                 dtype, shape = self._specs[name]
                 values = self._arrays(column, picked, dtype, shape, name, group)
             else:
@@ -414,7 +442,7 @@ class SampleShardReader:
         values: list[np.ndarray | None] = []
         for row in picked.tolist():
             if valid is not None and not valid[row]:
-                if name != "rgb_shadow":
+                if name not in self.nullable_arrays:
                     raise SampleShardError(f"{self.path}, row group {group}, row {row}, column {name!r}: null value")
                 values.append(None)
                 continue
@@ -422,7 +450,7 @@ class SampleShardReader:
             if stop - start != nbytes:
                 raise SampleShardError(
                     f"{self.path}, row group {group}, row {row}, column {name!r}: {stop - start} bytes, "
-                    f"expected {nbytes} for {dtype.str} {shape}: the shard is corrupt, rerun the prepare stage"
+                    f"expected {nbytes} for {dtype.str} {shape}: the shard is corrupt, {self.remedy}"
                 )
             values.append(np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(shape))
         return values

@@ -204,14 +204,14 @@ def save_checkpoint(accelerator, folder: Path, step: int, keep: int) -> Path:
 def make_dataset(layout: Layout, params: Mapping[str, Any], train: TrainParams, rank: int, world: int, split: str,
                  augment: bool):
     """Cached latents when the latents stage wrote them, else the samples (encoded on the fly)."""
-    from components.samples.latents import LatentSampleDataset, read_manifest
     from components.samples.dataset import TerrainSampleDataset
+    from components.samples.latents import LatentSampleDataset, latent_shards, read_manifest
 
     stats = json.loads((layout.samples / "stats.json").read_text())
     manifest = read_manifest(layout.latents) if (layout.latents / "manifest.json").exists() else {"enabled": False}
     cached = bool(manifest.get("enabled"))
-    source = layout.latents if cached else layout.samples
-    shards = sorted(str(p) for p in source.glob("*.parquet"))
+    shards = ([str(p) for p in latent_shards(layout.latents)] if cached
+              else sorted(str(p) for p in layout.samples.glob("*.parquet")))
     kind = LatentSampleDataset if cached else TerrainSampleDataset
     dataset = kind(shards, split, dem_scale_m=stats["dem_scale_m"], seed=train.seed,
                    shuffle=augment, shadow=bool(params["shadow"]["enabled"]),

@@ -58,25 +58,23 @@ class ValidationSet:
         image, dem = (both.float() * scale).chunk(2)
         noise = fixed_validation_noise(len(items), tuple(image.shape[1:]), VALIDATION_SEED)
         return cls(image=image, dem=dem, mask=batch["mask_latent"].to(device), captions=list(batch["caption"]),
-                   noise_image=noise["image_noise"].to(device), noise_dem=noise["dem_noise"].to(device),
-                   timesteps=noise["timesteps"].to(device), tokenizer=tokenizer, text_encoder=text_encoder,
+                   noise_image=noise.image_noise.to(device), noise_dem=noise.dem_noise.to(device),
+                   timesteps=noise.timesteps.to(device), tokenizer=tokenizer, text_encoder=text_encoder,
                    split=split)
 
     @torch.no_grad()
     def losses(self, unet, scheduler) -> dict[str, float]:
         """Validation loss with the true captions and with captions shuffled across samples."""
         from components.model.text import tokenize_prompts
-        from components.training.loss import masked_v_loss
+        from components.training.loss import apply_noise, masked_v_loss
+
+        noised = apply_noise(scheduler, self.image, self.dem, self.timesteps, self.noise_image, self.noise_dem)
 
         def loss_for(captions: Sequence[str]):
             ids = tokenize_prompts(self.tokenizer, list(captions)).to(self.image.device)
             context = self.text_encoder(input_ids=ids).last_hidden_state
-            noisy = torch.cat([scheduler.add_noise(self.image, self.noise_image, self.timesteps),
-                               scheduler.add_noise(self.dem, self.noise_dem, self.timesteps)], dim=1)
-            target = torch.cat([scheduler.get_velocity(self.image, self.noise_image, self.timesteps),
-                                scheduler.get_velocity(self.dem, self.noise_dem, self.timesteps)], dim=1)
-            prediction = unet(noisy.to(unet.dtype), self.timesteps, context.to(unet.dtype)).sample
-            return masked_v_loss(prediction.float(), target, self.mask)
+            prediction = unet(noised.noisy.to(unet.dtype), noised.timesteps, context.to(unet.dtype)).sample
+            return masked_v_loss(prediction.float(), noised.target, self.mask)
 
         was_training = unet.training
         unet.eval()

@@ -1,0 +1,634 @@
+"""The latent cache: every sample encoded once by the frozen VAE, so training skips the encoder.
+
+The ``latents`` stage calls ``encode_samples_to_latents`` (or ``write_disabled_manifest`` when
+the cache is off, so the stage has an output either way); the trainer reads the result with
+``LatentSampleDataset`` and draws a latent per step with ``sample_posterior``.
+
+What is stored is the VAE posterior, not one draw of it: per modality the mean and the standard
+deviation of ``vae.encode(x).latent_dist``, float32, NOT multiplied by the VAE's
+``scaling_factor``. The trainer draws ``mean + std * noise`` each time it sees a sample (fresh
+posterior noise every epoch, exactly what encoding on the fly gives) and only then multiplies by
+the scaling factor, so one cache serves any scaling factor a run chooses.
+
+On-disk format (``LATENT_FORMAT_VERSION`` 1), one shard per sample shard with the same file
+name, rows in the same order (sorted by ``sample_id``) and the same row-group size; the layout of
+``components.samples.shards`` (raw little-endian bytes per array, shapes in the schema metadata),
+under the schema metadata key ``mesa.latents``:
+
+======================  ============  ======================================================
+column                  arrow type    content
+======================  ============  ======================================================
+sample_id ... month     as samples    the sample shard's scalar columns, unchanged
+mask_latent             large_binary  uint8 (h, w): 1 = valid latent position
+rgb_latent_mean         large_binary  float32 (C, h, w): posterior mean of the plain RGB
+rgb_latent_std          large_binary  float32 (C, h, w): its posterior standard deviation
+rgb_shadow_latent_mean  large_binary  float32 (C, h, w) of the shadow-corrected RGB; null when
+rgb_shadow_latent_std   large_binary  the sample has no ``rgb_shadow``
+dem_latent_mean         large_binary  float32 (C, h, w) of ``dem_to_model(dem, dem_scale_m)``
+dem_latent_std          large_binary  float32 (C, h, w)
+======================  ============  ======================================================
+
+The metadata also records the VAE's scaling factor, a hash of its configuration and of its
+weights, and ``dem_scale_m``, so a reader can refuse a cache made by another VAE or DEM scale.
+``manifest.json`` beside the shards sums them up (``read_manifest``). Files are written through
+a temporary file and renamed, and hold nothing that depends on time or machine: the same
+samples and VAE give the same bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from components.atomic import atomic_write, write_json_atomic
+from components.samples.dataset import TerrainSampleDataset, dem_to_model, rgb_to_model
+from components.samples.shards import (
+    DESCRIPTOR_COLUMNS,
+    SAMPLE_SCHEMA,
+    SCALAR_COLUMNS,
+    SampleShardError,
+    SampleShardReader,
+    read_sample_shard,
+)
+
+__all__ = [
+    "LATENT_FORMAT",
+    "LATENT_FORMAT_VERSION",
+    "LATENT_ARRAYS",
+    "LATENT_COLUMNS",
+    "MANIFEST_NAME",
+    "LatentShardReader",
+    "LatentSampleDataset",
+    "encode_samples_to_latents",
+    "write_disabled_manifest",
+    "read_manifest",
+    "latent_shards",
+    "sample_posterior",
+    "collate_latents",
+    "vae_config_hash",
+    "vae_weights_hash",
+]
+
+LATENT_FORMAT = "mesa-latents"
+LATENT_FORMAT_VERSION = 1
+LATENT_METADATA_KEY = b"mesa.latents"
+MANIFEST_NAME = "manifest.json"
+#: The encoded modalities, each the sample column of the same name.
+_MODALITIES = ("rgb", "rgb_shadow", "dem")
+#: The float32 latent arrays, mean then std per modality.
+LATENT_ARRAYS: tuple[str, ...] = tuple(f"{m}_latent_{s}" for m in _MODALITIES for s in ("mean", "std"))
+LATENT_COLUMNS: tuple[str, ...] = (*SCALAR_COLUMNS, "mask_latent", *LATENT_ARRAYS)
+_NULLABLE = ("rgb_shadow_latent_mean", "rgb_shadow_latent_std")
+_REMEDY = "rerun the latents stage (mesa stage latents)"
+
+_LATENT_SCHEMA = pa.schema(
+    [
+        *(SAMPLE_SCHEMA.field(c) for c in SCALAR_COLUMNS),
+        pa.field("mask_latent", pa.large_binary(), nullable=False),
+        *(pa.field(c, pa.large_binary(), nullable=c in _NULLABLE) for c in LATENT_ARRAYS),
+    ]
+)
+_STRING_COLUMNS = [f.name for f in _LATENT_SCHEMA if f.type == pa.string()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashes of the VAE: what a cache was made with
+
+
+def vae_config_hash(config: Mapping[str, Any]) -> str:
+    """SHA-256 of a VAE configuration's public keys (sorted JSON).
+
+    Args:
+        config: ``vae.config`` or a config dict (``tiny_vae_config()``, a folder's config.json).
+            Keys starting with ``_`` (diffusers version, load path) are left out, so the same
+            network built from a config or loaded from its folder hashes the same.
+    """
+    public = {str(k): v for k, v in dict(config).items() if not str(k).startswith("_")}
+    text = json.dumps(public, sort_keys=True, separators=(",", ":"), default=list)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def vae_weights_hash(vae: torch.nn.Module) -> str:
+    """BLAKE2b (128 bit) of a model's state dict: names, dtypes, shapes and bytes, in name order.
+
+    Args:
+        vae: the VAE (any ``torch.nn.Module``); about 0.5 s on one CPU core for SD's 84 M weights.
+    """
+    digest = hashlib.blake2b(digest_size=16, person=b"mesa-vae")
+    for name, tensor in sorted(vae.state_dict().items()):
+        array = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}\x1f{array.dtype}\x1f{tuple(array.shape)}\x1e".encode())
+        if array.numel():
+            digest.update(array.view(torch.uint8).numpy())  # the buffer itself, no bytes copy
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+
+
+def _best_device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _chunks(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive lists of ``size`` items (the last one shorter)."""
+    chunk: list[dict[str, Any]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _posterior(vae, images: list[torch.Tensor], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) float32 numpy (N, C, h, w) of one VAE forward over ``images`` (3, H, W) each."""
+    batch = torch.stack(images).to(device=device, dtype=vae.dtype)
+    dist = vae.encode(batch).latent_dist
+    return dist.mean.float().cpu().numpy(), dist.std.float().cpu().numpy()
+
+
+def _encode_chunk(vae, samples: list[dict[str, Any]], dem_scale_m: float, device: torch.device) -> list[dict[str, Any]]:
+    """The latent records of a chunk of samples: one VAE forward per modality."""
+    records = [{c: s[c] for c in SCALAR_COLUMNS} | {"mask_latent": s["mask_latent"]} for s in samples]
+    inputs = {
+        "rgb": [rgb_to_model(s["rgb"]) for s in samples],
+        "rgb_shadow": [rgb_to_model(s["rgb_shadow"]) for s in samples if s["rgb_shadow"] is not None],
+        "dem": [dem_to_model(s["dem"], dem_scale_m) for s in samples],
+    }
+    for modality, images in inputs.items():
+        owners = [i for i, s in enumerate(samples) if modality != "rgb_shadow" or s["rgb_shadow"] is not None]
+        mean, std = _posterior(vae, images, device) if images else (None, None)
+        for record in records:
+            record[f"{modality}_latent_mean"] = record[f"{modality}_latent_std"] = None
+        for k, i in enumerate(owners):
+            records[i][f"{modality}_latent_mean"] = mean[k]
+            records[i][f"{modality}_latent_std"] = std[k]
+    return records
+
+
+def _latent_metadata(
+    source: SampleShardReader, latent_shape: Sequence[int], encoding: Mapping[str, Any], splits: Mapping[str, int]
+) -> bytes:
+    """The ``mesa.latents`` schema metadata of one latent shard (sorted JSON, stable bytes)."""
+    mask_shape = source.metadata["arrays"]["mask_latent"]["shape"]
+    arrays = {"mask_latent": {"dtype": "|u1", "shape": list(mask_shape)}}
+    arrays |= {name: {"dtype": "<f4", "shape": list(latent_shape)} for name in LATENT_ARRAYS}
+    meta = {
+        "format": LATENT_FORMAT,
+        "version": LATENT_FORMAT_VERSION,
+        "arrays": arrays,
+        "rows": source.num_rows,
+        "splits": dict(sorted(splits.items())),
+        "row_group_size": source.metadata["row_group_size"],
+        "rgb_shadow_rows": source.metadata["rgb_shadow_rows"],
+        "l1c_missing_rows": source.metadata["l1c_missing_rows"],
+        "source_shard": Path(source.path).name,
+        **encoding,
+    }
+    return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _table(records: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    columns: dict[str, list[Any]] = {c: [r[c] for r in records] for c in SCALAR_COLUMNS}
+    for name in ("mask_latent", *LATENT_ARRAYS):
+        dtype = np.uint8 if name == "mask_latent" else np.dtype("<f4")
+        columns[name] = [
+            None if r[name] is None else np.ascontiguousarray(r[name], dtype=dtype).tobytes() for r in records
+        ]
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def _split_counts(reader: SampleShardReader) -> dict[str, int]:
+    counts = reader.read_column("split").value_counts().to_pylist()
+    return {item["values"]: item["counts"] for item in counts}
+
+
+def _encode_shard(
+    path: Path,
+    out: Path,
+    vae,
+    encoding: Mapping[str, Any],
+    batch_size: int,
+    device: torch.device,
+    on_batch: Callable[[int], None],
+) -> dict[str, Any]:
+    """Encode one sample shard into one latent shard at ``out`` (atomically); its summary."""
+    with SampleShardReader(path) as source:
+        rows, group_size, splits = source.num_rows, int(source.metadata["row_group_size"]), _split_counts(source)
+        state: dict[str, Any] = {"written": 0, "shape": None}
+
+        def write(tmp: Path) -> None:
+            writer: pq.ParquetWriter | None = None
+            pending: list[dict[str, Any]] = []
+            try:
+                samples = read_sample_shard(path)
+                for chunk in _chunks(samples, batch_size):
+                    pending += _encode_chunk(vae, chunk, encoding["dem_scale_m"], device)
+                    on_batch(len(chunk))
+                    if writer is None:
+                        state["shape"] = list(pending[0]["rgb_latent_mean"].shape)
+                        meta = _latent_metadata(source, state["shape"], encoding, splits)
+                        schema = _LATENT_SCHEMA.with_metadata({LATENT_METADATA_KEY: meta})
+                        writer = pq.ParquetWriter(
+                            tmp, schema, compression="zstd", use_dictionary=_STRING_COLUMNS,
+                            write_statistics=list(SCALAR_COLUMNS),
+                        )
+                    # output row groups mirror the input's, whatever the encoding batch size
+                    while len(pending) >= group_size:
+                        writer.write_table(_table(pending[:group_size], writer.schema), row_group_size=group_size)
+                        state["written"] += group_size
+                        pending = pending[group_size:]
+                if pending and writer is not None:
+                    writer.write_table(_table(pending, writer.schema), row_group_size=group_size)
+                    state["written"] += len(pending)
+            finally:
+                if writer is not None:
+                    writer.close()
+            if state["written"] != rows or writer is None:
+                raise SampleShardError(
+                    f"{path}: encoded {state['written']} samples but the shard holds {rows}: the shard is "
+                    "corrupt or empty, rerun the prepare stage"
+                )
+
+        atomic_write(out, write)
+        shadow_rows = int(source.metadata["rgb_shadow_rows"])
+    return {
+        "name": out.name, "rows": rows, "splits": splits, "rgb_shadow_rows": shadow_rows, "latent_shape": state["shape"]
+    }
+
+
+def _encoding(vae, dem_scale_m: float) -> dict[str, Any]:
+    """What the latents depend on besides the samples (recorded in every shard and the manifest)."""
+    return {
+        "dem_scale_m": float(dem_scale_m),
+        "scaled": False,
+        "scaling_factor": float(vae.config.scaling_factor),
+        "vae_config_sha256": vae_config_hash(vae.config),
+        "vae_weights_blake2b": vae_weights_hash(vae),
+    }
+
+
+def _remove_stale(out_dir: Path, keep: set[str]) -> list[str]:
+    """Delete latent shards of an earlier run whose sample shard is gone (a glob would find them)."""
+    removed = []
+    for old in sorted(out_dir.glob("*.parquet")):
+        if old.name not in keep:
+            old.unlink()
+            removed.append(old.name)
+    return removed
+
+
+def encode_samples_to_latents(
+    sample_shards: Sequence[str | Path],
+    vae,
+    out_dir: str | Path,
+    *,
+    dem_scale_m: float,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> dict[str, Any]:
+    """Encode every sample of every shard (all splits) with the frozen VAE into latent shards.
+
+    Args:
+        sample_shards: the sample shards (``data/samples/*.parquet``); any order.
+        vae: a diffusers ``AutoencoderKL``; moved to ``device`` and put in eval mode, never changed.
+        out_dir: the cache folder (``data/latents``): one latent shard per sample shard (same
+            file name) and ``manifest.json``. Latent shards there that no sample shard makes
+            any more are deleted.
+        dem_scale_m: the DEM scale S in metres (``stats.json``'s ``dem_scale_m``), as training uses it.
+        batch_size: images per VAE forward (default 32).
+        device: where to encode (default None: cuda when available, else cpu).
+        progress: called as ``progress(done, total, "samples")`` after each batch (default None).
+
+    Returns:
+        The report: ``samples``, ``shards`` (count), ``splits``, ``rgb_shadow_samples``,
+        ``latent_shape`` [C, h, w], ``scaling_factor``, ``vae_config_sha256``,
+        ``vae_weights_blake2b``, ``removed`` (stale shard names), ``manifest`` (path), ``seconds``.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
+    if not float(dem_scale_m) > 0:
+        raise ValueError(f"dem_scale_m must be a positive number of metres (stats.json), got {dem_scale_m!r}")
+    if isinstance(sample_shards, (str, Path)):
+        sample_shards = [sample_shards]
+    paths = sorted(dict.fromkeys(Path(p) for p in sample_shards))
+    if not paths:
+        raise ValueError("no sample shards to encode: run the prepare stage first (data/samples/*.parquet)")
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"two sample shards share a file name in {[str(p) for p in paths]}: latent shards are named after "
+            "their sample shard, so pass shards of one samples folder"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # the shards are about to change: an old manifest must not vouch for a half-written cache
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    started = time.perf_counter()
+    device = _best_device(device)
+    vae = vae.to(device).eval()
+    encoding = _encoding(vae, dem_scale_m)
+    total = 0
+    for path in paths:
+        with SampleShardReader(path) as reader:
+            total += reader.num_rows
+    done = [0]
+
+    def on_batch(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(done[0], total, "samples")
+
+    with torch.no_grad():
+        shards = [_encode_shard(p, out_dir / p.name, vae, encoding, int(batch_size), device, on_batch) for p in paths]
+    removed = _remove_stale(out_dir, set(names))
+    manifest = _manifest(shards, encoding)
+    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    return {
+        **{k: manifest[k] for k in ("samples", "splits", "rgb_shadow_samples", "latent_shape", "scaling_factor")},
+        "shards": len(shards),
+        "vae_config_sha256": encoding["vae_config_sha256"],
+        "vae_weights_blake2b": encoding["vae_weights_blake2b"],
+        "removed": removed,
+        "manifest": str(out_dir / MANIFEST_NAME),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest
+
+
+def _manifest(shards: list[dict[str, Any]], encoding: Mapping[str, Any]) -> dict[str, Any]:
+    """manifest.json of an enabled cache: shards, counts, latent shape and the encoding."""
+    splits: dict[str, int] = {}
+    for shard in shards:
+        for split, count in shard["splits"].items():
+            splits[split] = splits.get(split, 0) + count
+    shapes = sorted({tuple(s["latent_shape"]) for s in shards})
+    if len(shapes) != 1:
+        raise SampleShardError(
+            f"the sample shards give latents of different shapes {shapes}: they come from different "
+            "prepare runs; rerun the prepare stage"
+        )
+    return {
+        "enabled": True,
+        "format": LATENT_FORMAT,
+        "version": LATENT_FORMAT_VERSION,
+        "shards": [{k: s[k] for k in ("name", "rows", "splits", "rgb_shadow_rows")} for s in shards],
+        "samples": sum(s["rows"] for s in shards),
+        "splits": dict(sorted(splits.items())),
+        "rgb_shadow_samples": sum(s["rgb_shadow_rows"] for s in shards),
+        "latent_shape": list(shapes[0]),
+        **encoding,
+    }
+
+
+def write_disabled_manifest(out_dir: str | Path, reason: str = "params: latents.enabled is false") -> Path:
+    """The latents stage's output when the cache is off: ``{"enabled": false, ...}``.
+
+    Args:
+        out_dir: the cache folder (``data/latents``), created if missing.
+        reason: why there is no cache (default: the params switch), kept in the manifest.
+
+    Returns:
+        The manifest's path. Old latent shards in ``out_dir`` are deleted, so nothing can
+        read a cache that the manifest disowns.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out_dir, set())
+    manifest = {"enabled": False, "format": LATENT_FORMAT, "version": LATENT_FORMAT_VERSION, "reason": str(reason)}
+    return write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The cache folder's manifest.json (enabled or disabled), checked.
+
+    Args:
+        directory: the cache folder (``data/latents``).
+    """
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no latent-cache manifest; run the latents stage (mesa stage latents), which "
+            "writes one whether the cache is enabled or not"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SampleShardError(f"{path}: not valid JSON ({err}); {_REMEDY}") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != LATENT_FORMAT or "enabled" not in manifest:
+        raise SampleShardError(f"{path}: not a {LATENT_FORMAT} manifest; {_REMEDY}")
+    if manifest.get("version") != LATENT_FORMAT_VERSION:
+        raise SampleShardError(
+            f"{path}: latent cache version {manifest.get('version')!r}, this code reads "
+            f"{LATENT_FORMAT_VERSION}; {_REMEDY}"
+        )
+    return manifest
+
+
+def latent_shards(directory: str | Path) -> list[Path]:
+    """The latent shards an enabled cache's manifest lists (refuses a disabled cache).
+
+    Args:
+        directory: the cache folder (``data/latents``).
+    """
+    manifest = read_manifest(directory)
+    if not manifest["enabled"]:
+        raise SampleShardError(
+            f"{Path(directory) / MANIFEST_NAME}: the latent cache is disabled ({manifest.get('reason')}); "
+            "train from the samples, or enable the cache and rerun the latents stage"
+        )
+    paths = [Path(directory) / s["name"] for s in manifest["shards"]]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise SampleShardError(f"latent shards {missing} are listed in the manifest but missing; {_REMEDY}")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+class LatentShardReader(SampleShardReader):
+    """One open latent shard, read a row group at a time (the sample reader, latent columns)."""
+
+    metadata_key = LATENT_METADATA_KEY
+    format_name = LATENT_FORMAT
+    format_version = LATENT_FORMAT_VERSION
+    columns = LATENT_COLUMNS
+    scalar_columns = SCALAR_COLUMNS
+    nullable_arrays = _NULLABLE
+    remedy = _REMEDY
+
+
+def sample_posterior(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw ``mean + std * noise`` of the cached VAE posterior (before the scaling factor).
+
+    Args:
+        mean, std: (B, C, h, w) cached posterior mean and standard deviation.
+        generator: a ``torch.Generator`` (default None: torch's global one); the noise is drawn
+            on the generator's device, then moved to ``mean``'s, so a CPU generator gives the
+            same draw on any device.
+    """
+    if mean.shape != std.shape:
+        raise ValueError(f"mean {tuple(mean.shape)} and std {tuple(std.shape)} must have the same shape")
+    where = generator.device if generator is not None else mean.device
+    noise = torch.randn(tuple(mean.shape), generator=generator, device=where, dtype=torch.float32)
+    return mean + std * noise.to(device=mean.device, dtype=mean.dtype)
+
+
+_ENCODING_KEYS = ("dem_scale_m", "scaling_factor", "vae_config_sha256", "vae_weights_blake2b")
+
+
+def _cache_encoding(shards: Sequence[str]) -> dict[str, Any]:
+    """The encoding every shard records; refuses shards made by different VAEs or DEM scales."""
+    found: dict[str, Any] | None = None
+    for path in shards:
+        with LatentShardReader(path) as reader:
+            encoding = {k: reader.metadata.get(k) for k in _ENCODING_KEYS}
+        if found is None:
+            found, first = encoding, path
+        elif encoding != found:
+            raise SampleShardError(
+                f"{path} was encoded with {encoding} but {first} with {found}: the shards of one cache "
+                f"come from one latents run; {_REMEDY}"
+            )
+    assert found is not None
+    return found
+
+
+class LatentSampleDataset(TerrainSampleDataset):
+    """Cached latents streamed like ``TerrainSampleDataset`` streams samples.
+
+    The same split, rank / world_size / worker division, epoch order, caption augmentation and
+    shadow choice as ``TerrainSampleDataset`` (whose attributes it has); in addition:
+
+    Attributes:
+        scaling_factor: the VAE's scaling factor recorded in the cache (multiply draws by it).
+        vae_config_sha256, vae_weights_blake2b: the VAE the cache was made with.
+
+    Each item is a dict: ``rgb_latent_mean``, ``rgb_latent_std`` float32 (C, h, w) (the
+    shadow-corrected image's with ``shadow=True`` where the sample has one, else the plain
+    image's); ``dem_latent_mean``, ``dem_latent_std`` float32 (C, h, w); ``mask_latent``
+    float32 (1, h, w), 1 = valid; ``caption``, ``grid_cell``, ``sample_id`` str;
+    ``dem_mean_m`` float; ``shadow_used``, ``l1c_missing`` bool. Latents are unscaled.
+    """
+
+    shard_reader = LatentShardReader
+
+    def __init__(
+        self,
+        shards: Sequence[str | Path],
+        split: str = "train",
+        *,
+        dem_scale_m: float | None = None,
+        **options: Any,
+    ):
+        """Args:
+            shards: latent shards (``latent_shards("data/latents")``), any order.
+            split: the split read (default "train").
+            dem_scale_m: the DEM scale training expects (default None: the cache's). When
+                given, it must equal the scale the cache was encoded with.
+            **options: ``TerrainSampleDataset``'s keywords (seed, epoch, shuffle, shadow,
+                augmentation, rank, world_size, shuffle_buffer, drop_last), same defaults.
+        """
+        paths = [shards] if isinstance(shards, (str, Path)) else list(shards)
+        if not paths:
+            raise ValueError("LatentSampleDataset needs at least one latent shard (data/latents/*.parquet)")
+        encoding = _cache_encoding(sorted(dict.fromkeys(str(p) for p in paths)))
+        if dem_scale_m is not None and float(dem_scale_m) != encoding["dem_scale_m"]:
+            raise SampleShardError(
+                f"the latent cache was encoded with dem_scale_m {encoding['dem_scale_m']} but training uses "
+                f"{float(dem_scale_m)} (stats.json): {_REMEDY}"
+            )
+        self.scaling_factor = float(encoding["scaling_factor"])
+        self.vae_config_sha256 = encoding["vae_config_sha256"]
+        self.vae_weights_blake2b = encoding["vae_weights_blake2b"]
+        super().__init__(paths, split, dem_scale_m=encoding["dem_scale_m"], **options)
+
+    def _read(self, reader: SampleShardReader, group: int, rows: np.ndarray, copy: bool) -> list[dict[str, Any]]:
+        """The rows' latents (the chosen image variant as ``image_mean`` / ``image_std``)."""
+        image = "rgb_shadow" if self.shadow else "rgb"
+        wanted = [image + "_latent_mean", image + "_latent_std"]
+        scalars = ["sample_id", "grid_cell", "dem_mean_m", "l1c_missing", *DESCRIPTOR_COLUMNS]
+        columns = [*scalars, "mask_latent", "dem_latent_mean", "dem_latent_std", *wanted]
+        samples = reader.read_row_group(group, columns, rows)
+        fallback = [i for i, s in enumerate(samples) if s[wanted[0]] is None]
+        if fallback:
+            plain = reader.read_row_group(group, ["rgb_latent_mean", "rgb_latent_std"], rows[fallback])
+            for i, p in zip(fallback, plain):
+                samples[i] |= p
+        for sample in samples:
+            sample["shadow_used"] = self.shadow and sample.get("rgb_shadow_latent_mean") is not None
+            prefix = "rgb_shadow" if sample["shadow_used"] else "rgb"
+            sample["image_mean"] = sample[prefix + "_latent_mean"]
+            sample["image_std"] = sample[prefix + "_latent_std"]
+            for name in ("rgb", "rgb_shadow"):
+                sample.pop(name + "_latent_mean", None)
+                sample.pop(name + "_latent_std", None)
+            if copy:
+                # copies do not pin the whole row group's buffers while they wait in the shuffle buffer
+                for name in ("image_mean", "image_std", "dem_latent_mean", "dem_latent_std", "mask_latent"):
+                    sample[name] = sample[name].copy()
+        return samples
+
+    def _item(self, raw: dict[str, Any], epoch: int) -> dict[str, Any]:
+        def tensor(array: np.ndarray) -> torch.Tensor:
+            # read-only views of Arrow buffers are copied; shuffle-buffer copies are used as they are
+            return torch.from_numpy(np.require(array, requirements="W"))
+
+        return {
+            "rgb_latent_mean": tensor(raw["image_mean"]),
+            "rgb_latent_std": tensor(raw["image_std"]),
+            "dem_latent_mean": tensor(raw["dem_latent_mean"]),
+            "dem_latent_std": tensor(raw["dem_latent_std"]),
+            "mask_latent": torch.from_numpy(raw["mask_latent"].astype(np.float32)[None]),
+            "caption": self._caption(raw, epoch),
+            "grid_cell": raw["grid_cell"],
+            "sample_id": raw["sample_id"],
+            "dem_mean_m": float(raw["dem_mean_m"]),
+            "shadow_used": bool(raw["shadow_used"]),
+            "l1c_missing": bool(raw["l1c_missing"]),
+        }
+
+
+_LATENT_TENSORS = ("rgb_latent_mean", "rgb_latent_std", "dem_latent_mean", "dem_latent_std", "mask_latent")
+
+
+def collate_latents(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A DataLoader batch of ``LatentSampleDataset`` items.
+
+    Args:
+        batch: the items (a non-empty sequence of dicts).
+
+    Returns:
+        ``rgb_latent_mean``, ``rgb_latent_std``, ``dem_latent_mean``, ``dem_latent_std``
+        float32 (B, C, h, w); ``mask_latent`` float32 (B, 1, h, w); ``dem_mean_m`` float32 (B,);
+        ``shadow_used``, ``l1c_missing`` bool (B,); ``caption``, ``grid_cell``, ``sample_id``
+        lists of str.
+    """
+    if not batch:
+        raise ValueError("collate_latents got an empty batch")
+    out: dict[str, Any] = {k: torch.stack([b[k] for b in batch]) for k in _LATENT_TENSORS}
+    out["dem_mean_m"] = torch.tensor([b["dem_mean_m"] for b in batch], dtype=torch.float32)
+    for key in ("shadow_used", "l1c_missing"):
+        out[key] = torch.tensor([b[key] for b in batch], dtype=torch.bool)
+    for key in ("caption", "grid_cell", "sample_id"):
+        out[key] = [b[key] for b in batch]
+    return out
