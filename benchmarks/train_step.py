@@ -74,12 +74,20 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def step_flops(trainer: Trainer) -> int:
-    """FLOPs of one forward+backward (attention counted through SDPA's math decomposition)."""
+def step_flops(model, channels: int, batch: int, size: int, tokens: int, cross_dim: int, device, dtype) -> int:
+    """Model FLOPs of one forward+backward at ``batch``: counted at batch 2 and scaled (the count
+    is linear in the batch), with gradient checkpointing off so recomputation is not counted and
+    attention through SDPA's math decomposition so it is."""
+    checkpointing = getattr(model, "gradient_checkpointing", False) or model.is_gradient_checkpointing
+    if checkpointing:
+        model.disable_gradient_checkpointing()
+    probe = Trainer(model, channels, 2, size, tokens, cross_dim, device, dtype)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        trainer.forward_backward()
-    trainer.optimizer.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
+        probe.forward_backward()
+    model.zero_grad(set_to_none=True)
+    if checkpointing:
+        model.enable_gradient_checkpointing()
+    return counter.get_total_flops() * batch // 2
 
 
 def sync(device) -> None:
@@ -95,11 +103,11 @@ def build(kind: str, cfg: dict, device, checkpointing: bool):
     return model
 
 
-def largest_batch(cfg, args, device, dtype, candidates: list[int]) -> int:
-    """The largest candidate batch whose two-head training step fits in memory."""
+def largest_batch(model, cfg, args, device, dtype, candidates: list[int]) -> int:
+    """The largest candidate batch whose two-head training step fits in memory (one model, reused)."""
     best = 0
     for batch in candidates:
-        model = build("two", cfg, device, args.grad_checkpointing)
+        trainer = None
         try:
             trainer = Trainer(model, 8, batch, args.size, args.tokens, cfg["cross_attention_dim"], device, dtype)
             for _ in range(2):
@@ -111,8 +119,8 @@ def largest_batch(cfg, args, device, dtype, candidates: list[int]) -> int:
             print(f"  batch {batch}: out of memory", flush=True)
             break
         finally:
-            del model
-            trainer = None
+            del trainer
+            model.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
     if not best:
@@ -132,6 +140,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     ap.add_argument("--grad-checkpointing", action="store_true")
     ap.add_argument("--tokens", type=int, default=77)
+    ap.add_argument("--channels-last", action="store_true", help="channels_last memory format for both models")
     args = ap.parse_args()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -141,17 +150,21 @@ def main() -> None:
     cfg = tiny_unet_config() if args.config == "tiny" else paper_unet_config()
     cfg["sample_size"] = args.size
 
+    models = {kind: build(kind, cfg, device, args.grad_checkpointing) for kind in ("plain", "two")}
+    if args.channels_last:
+        models = {kind: m.to(memory_format=torch.channels_last) for kind, m in models.items()}
     if args.batch == "auto":
         if device.type != "cuda":
             raise SystemExit("--batch auto needs a GPU")
-        batch = largest_batch(cfg, args, device, dtype, [int(c) for c in args.candidates.split(",")])
+        batch = largest_batch(models["two"], cfg, args, device, dtype, [int(c) for c in args.candidates.split(",")])
     else:
         batch = int(args.batch)
 
-    trainers = {kind: Trainer(build(kind, cfg, device, args.grad_checkpointing), 8 if kind == "two" else 4, batch,
-                              args.size, args.tokens, cfg["cross_attention_dim"], device, dtype)
-                for kind in ("plain", "two")}
-    flops = {kind: step_flops(t) for kind, t in trainers.items()}
+    channels = {"plain": 4, "two": 8}
+    flops = {kind: step_flops(m, channels[kind], batch, args.size, args.tokens, cfg["cross_attention_dim"], device,
+                              dtype) for kind, m in models.items()}
+    trainers = {kind: Trainer(m, channels[kind], batch, args.size, args.tokens, cfg["cross_attention_dim"], device,
+                              dtype) for kind, m in models.items()}
     for _ in range(args.warmup):
         for t in trainers.values():
             t.step()
@@ -168,7 +181,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
     print(f"config={args.config} latent={args.size}x{args.size} batch={batch} device={name} dtype={args.dtype} "
-          f"grad_checkpointing={args.grad_checkpointing} threads={torch.get_num_threads()} repeats={args.repeats}")
+          f"grad_checkpointing={args.grad_checkpointing} channels_last={args.channels_last} threads={torch.get_num_threads()} repeats={args.repeats}")
     for kind, label in (("plain", "plain UNet2DConditionModel (baseline)"), ("two", "two-head UNet (image + DEM)")):
         rate = batch / best[kind]
         line = (f"{label:38s}: {best[kind] * 1e3:8.1f} ms/step  {rate:8.2f} samples/s  "
