@@ -14,6 +14,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90
 export PREFECT_HOME=$(CURDIR)/.prefect
 export MPLBACKEND=Agg
+export MLFLOW_DISABLE_TELEMETRY=true
+export DO_NOT_TRACK=true
 
 .PHONY: demo test install benchmark clean
 

@@ -1,0 +1,158 @@
+"""Lineage tags: which code, which parameters and which data versions produced an MLflow run.
+
+Every tag key starts with ``mesa.`` so that a run's lineage can be searched in the MLflow UI
+(``tags."mesa.git_commit" = '...'``) and never collides with MLflow's own ``mlflow.*`` tags.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+UNKNOWN = "unknown"
+
+
+def flatten_params(nested: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten nested parameters into dotted keys with string values.
+
+    Args:
+        nested (Mapping[str, Any]): parameters, e.g. ``{"train": {"lr": 1e-4}}``.
+        prefix (str, default ""): key prefix of this level (used by the recursion).
+
+    Returns:
+        dict[str, str]: ``{"train.lr": "0.0001"}``. Strings and paths are kept as written; other
+        leaves (numbers, booleans, lists, None) are JSON-encoded so that ``true``/``null``/
+        ``[1, 2]`` read the same as in params.yaml. An empty mapping becomes ``"{}"`` so the key
+        is not lost.
+    """
+    flat: dict[str, str] = {}
+    for key, value in nested.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, name))
+        else:
+            flat[name] = _leaf_to_str(value)
+    return flat
+
+
+def _leaf_to_str(value: Any) -> str:
+    """One parameter value as text (strings and paths unquoted, the rest as JSON)."""
+    if isinstance(value, (str, os.PathLike)):
+        return str(value)
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def params_hash(params: Mapping[str, Any]) -> str:
+    """The first 16 hex digits of the sha256 of the canonical JSON of `params`.
+
+    Args:
+        params (Mapping[str, Any]): the (nested) parameters of a run.
+
+    Returns:
+        str: 16 hex digits; equal parameters give equal hashes whatever their key order.
+    """
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def _git(project_dir: Path, *args: str) -> str | None:
+    """Output of one git command in `project_dir`, or None when git or the repository is missing."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(project_dir), *args],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_state(project_dir: str | Path) -> tuple[str, str]:
+    """The commit checked out in `project_dir` and whether tracked files differ from it.
+
+    Args:
+        project_dir (str | Path): a folder inside a git work tree (or not).
+
+    Returns:
+        tuple[str, str]: (commit sha or "unknown", "true" / "false" / "unknown"). Untracked files
+        do not count as dirty: stage outputs that are not git-ignored would otherwise mark every
+        run dirty and hide the changes that matter (edited code or params).
+    """
+    commit = _git(Path(project_dir), "rev-parse", "HEAD")
+    if not commit:
+        return UNKNOWN, UNKNOWN
+    status = _git(Path(project_dir), "status", "--porcelain", "--untracked-files=no")
+    if status is None:
+        return commit, UNKNOWN
+    return commit, "true" if status else "false"
+
+
+def dvc_out_hashes(dvc_lock: str | Path) -> dict[str, str]:
+    """The md5 of every output recorded in a dvc.lock file.
+
+    Args:
+        dvc_lock (str | Path): path of dvc.lock.
+
+    Returns:
+        dict[str, str]: output path (as written in dvc.lock, e.g. "data/samples") -> md5 (a
+        directory's md5 keeps DVC's ".dir" suffix). Empty when the file does not exist.
+
+    Raises:
+        ValueError: when the file is not the YAML that DVC writes (what to do: rerun `dvc repro`
+            or restore dvc.lock from git).
+    """
+    path = Path(dvc_lock)
+    if not path.exists():
+        return {}
+    try:
+        lock = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err}); restore it from git or rerun `dvc repro`") from err
+    stages = lock.get("stages") if isinstance(lock, Mapping) else None
+    if not isinstance(stages, Mapping):
+        raise ValueError(f"{path}: no 'stages' mapping; is this a dvc.lock (schema 2.0)?")
+    hashes: dict[str, str] = {}
+    for stage in stages.values():
+        for out in (stage or {}).get("outs") or []:
+            # DVC 3 writes "md5"; some remotes/cloud outs carry "etag" or "checksum" instead.
+            digest = out.get("md5") or out.get("etag") or out.get("checksum")
+            if out.get("path") and digest:
+                hashes[str(out["path"]).rstrip("/")] = str(digest)
+    return hashes
+
+
+def lineage_tags(
+    project_dir: str | Path,
+    params: Mapping[str, Any],
+    data_counts: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """Tags that tie an MLflow run to its code, parameters and data versions.
+
+    Args:
+        project_dir (str | Path): the project root (holds dvc.lock; inside the git work tree).
+        params (Mapping[str, Any]): the parameters the run used (nested, as in params.yaml).
+        data_counts (Mapping[str, Any] | None, default None): sizes of the data the run saw,
+            e.g. ``{"train_samples": 812}``; each becomes ``mesa.data.<key>``.
+
+    Returns:
+        dict[str, str]: ``mesa.git_commit``, ``mesa.git_dirty``, ``mesa.params_hash``,
+        ``mesa.dvc.<out path>`` for each output in dvc.lock, ``mesa.data.<key>``.
+    """
+    project = Path(project_dir)
+    commit, dirty = git_state(project)
+    tags = {
+        "mesa.git_commit": commit,
+        "mesa.git_dirty": dirty,
+        "mesa.params_hash": params_hash(params),
+    }
+    for out, digest in sorted(dvc_out_hashes(project / "dvc.lock").items()):
+        tags[f"mesa.dvc.{out}"] = digest
+    for key, value in (data_counts or {}).items():
+        tags[f"mesa.data.{key}"] = _leaf_to_str(value)
+    return tags
