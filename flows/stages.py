@@ -255,7 +255,7 @@ def vae_stage_flow(project_dir: str) -> dict:
     if pretrained and not Path(pretrained).is_absolute():
         pretrained = str(root / pretrained)
     report = run_vae_stage(shards, stats, VaeTrainParams.from_params(params["vae"]), root / MODELS_DIR / "vae",
-                           pretrained=pretrained, progress=_progress("vae"))
+                           pretrained=pretrained, progress=lambda line: print(f"[vae] {line}", flush=True))
     write_json_atomic(root / REPORTS_DIR / "vae.json", report)
     print(f"[vae] -> {root / MODELS_DIR / 'vae'}; report {REPORTS_DIR}/vae.json", flush=True)
     return report

@@ -250,7 +250,7 @@ def batch_latents(batch: Mapping[str, Any], vae, cached: bool, generator: torch.
 
 
 def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | None = None,
-          accelerator=None) -> dict[str, Any]:
+          accelerator=None, trace_dir: str | Path | None = None) -> dict[str, Any]:
     """Train the two-head UNet and write models/pipeline/ and models/train_run.json.
 
     Args:
@@ -258,7 +258,11 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
         params: the whole params.yaml (groups model, train, captions, shadow, sample).
         stop_after: stop after this many optimiser updates (tests of resume; default: train.steps).
         accelerator: an ``accelerate.Accelerator`` (default: one from train's settings).
+        trace_dir: write ``rank<N>.json`` there (the sample ids this rank trained on, and a hash of
+            its final weights): how the multi-process test checks the split and the sync. Default:
+            env MESA_TRAIN_TRACE_DIR, else none.
     """
+    import os
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
@@ -346,6 +350,7 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
     total = train_params.steps if stop_after is None else min(stop_after, train_params.steps)
     unet.train()
     started, seen_since, last_log = time.perf_counter(), 0, time.perf_counter()
+    seen_ids: list[str] = []
     while state.step < total:
         dataset.set_epoch(state.epoch)
         for index, batch in enumerate(loader):
@@ -368,6 +373,7 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
                 optimizer.step()
                 lr_schedule.step()
                 optimizer.zero_grad(set_to_none=True)
+            seen_ids.extend(batch["sample_id"])
             state.micro_step += 1
             state.epoch_batches += 1
             state.empty_samples += int(parts.empty_samples)
@@ -428,6 +434,15 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
             write_json_atomic(layout.run_record, {"run_id": tracker.run_id, "experiment": train_params.experiment,
                                                   "steps": state.step, "model_uri": result.get("model_uri")})
         say(f"[train] {state.step} steps in {seconds:.0f} s -> {layout.pipeline}")
+    trace_dir = trace_dir or os.environ.get("MESA_TRAIN_TRACE_DIR")
+    if trace_dir:
+        from components.atomic import write_json_atomic
+
+        weights = hashlib.sha256()
+        for name, tensor in sorted(accelerator.unwrap_model(unet).state_dict().items()):
+            weights.update(name.encode() + tensor.detach().cpu().float().numpy().tobytes())
+        write_json_atomic(Path(trace_dir) / f"rank{rank}.json", {"rank": rank, "world": world, "samples": seen_ids,
+                                                                "weights_sha256": weights.hexdigest()})
     accelerator.wait_for_everyone()
     tracker.finish()
     return result

@@ -1,0 +1,148 @@
+"""The vae component on the micro world's samples: training, determinism, masking, the stage."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from components.model.factories import build_vae, tiny_vae_config
+from components.model.vae import (
+    VaeTrainParams,
+    evaluate_reconstruction,
+    load_vae_arrays,
+    masked_reconstruction_loss,
+    run_vae_stage,
+    save_vae_atomic,
+    train_vae,
+)
+from components.samples.dataset import rgb_to_model
+from components.samples.shards import read_sample_shard
+
+# A narrow VAE keeps every test to about a second of training on 32 px micro samples.
+WIDTHS = [16, 16, 32, 32]
+FAST = {"steps": 6, "batch_size": 8, "learning_rate": 2e-3, "block_out_channels": WIDTHS, "max_dem_error_m": 1e9}
+
+
+@pytest.fixture(scope="module")
+def micro(prepared_project):
+    """(shards, stats dict, stats path, train arrays) of the micro world's samples."""
+    project, _ = prepared_project
+    samples = project / "data" / "samples"
+    shards = sorted(samples.glob("*.parquet"))
+    stats = json.loads((samples / "stats.json").read_text())
+    return shards, stats, samples / "stats.json", load_vae_arrays(shards, stats["dem_scale_m"], "train")
+
+
+def _fresh_vae(stats, seed=0):
+    torch.manual_seed(seed)
+    return build_vae(tiny_vae_config(stats["prepare"]["latent_factor"], 4, block_out_channels=WIDTHS))
+
+
+def test_arrays_are_model_ready_and_use_plain_rgb(micro):
+    shards, stats, _, train = micro
+    n, px = len(train["sample_id"]), stats["prepare"]["image_px"]
+    assert n == stats["splits"]["train"]
+    assert train["rgb"].shape == train["dem"].shape == (n, 3, px, px)
+    assert train["mask"].shape == (n, 1, px, px)
+    assert train["rgb"].abs().max() <= 1 and train["dem"].abs().max() <= 1
+    first = next(s for s in read_sample_shard(sorted(map(str, shards))[0]) if s["split"] == "train")
+    assert torch.equal(train["rgb"][train["sample_id"].index(first["sample_id"])], rgb_to_model(first["rgb"]))
+
+
+def test_stage_writes_a_loadable_folder_that_keeps_the_scaling_factor(micro, tmp_path):
+    from diffusers import AutoencoderKL
+
+    shards, _, stats_path, _ = micro
+    lines: list[str] = []
+    out = tmp_path / "models" / "vae"
+    report = run_vae_stage(shards, stats_path, FAST, out, progress=lines.append, device="cpu")
+    loaded = AutoencoderKL.from_pretrained(out, local_files_only=True)
+    assert loaded.config.scaling_factor == pytest.approx(report["scaling_factor"], rel=1e-5)
+    assert report["scaling_factor"] > 0 and report["steps"] == FAST["steps"]
+    for key in ("rgb_mse", "rgb_psnr_db", "rgb_bilinear_mse", "rgb_bilinear_psnr_db", "rgb_beats_bilinear",
+                "dem_mse", "dem_psnr_db", "dem_bilinear_mse", "dem_bilinear_psnr_db", "dem_rmse_m", "dem_mae_m",
+                "dem_bilinear_rmse_m", "dem_bilinear_mae_m", "dem_beats_bilinear", "final_loss", "samples",
+                "evaluated_on", "latent_factor"):
+        assert key in report, key
+    assert report["samples"]["train"] > 0
+    assert not any("second" in k or k.endswith("_s") for k in report), "reports must not hold run times"
+    json.dumps(report)  # what the stage writes to reports/vae.json
+    assert any("step 6/6" in line for line in lines)
+    # A second save replaces the folder and leaves no temporary behind.
+    save_vae_atomic(loaded, out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["vae"]
+
+
+def test_training_is_deterministic_for_a_seed(micro):
+    _, stats, _, train = micro
+    params = VaeTrainParams(steps=3, batch_size=8, seed=7)
+    weights = []
+    for _ in range(2):
+        vae = _fresh_vae(stats, seed=7)
+        history = train_vae(vae, train["rgb"], train["dem"], train["mask"], params, device="cpu")
+        weights.append(vae.state_dict())
+    assert len(history) == 3 and {"step", "loss", "rec_loss", "kl"} <= set(history[0])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_masked_pixels_do_not_touch_the_reconstruction_loss(micro):
+    _, _, _, train = micro
+    target, mask = train["rgb"][:4].clone(), train["mask"][:4].clone()
+    mask[:, :, :8, :] = 0  # some invalid rows whatever the world's own masks hold
+    reconstruction = target + 0.1 * torch.randn(target.shape, generator=torch.Generator().manual_seed(0))
+    invalid = (mask == 0).expand_as(target)
+    for kind in ("l1", "mse"):
+        before = masked_reconstruction_loss(reconstruction, target, mask, kind)
+        noisy_rec, noisy_target = reconstruction.clone(), target.clone()
+        noisy_rec[invalid] = 50.0
+        noisy_target[invalid] = float("nan")
+        assert torch.equal(masked_reconstruction_loss(noisy_rec, noisy_target, mask, kind), before)
+
+
+def test_dem_error_above_the_bound_fails_with_what_to_change(micro, tmp_path):
+    shards, stats, _, _ = micro
+    out = tmp_path / "vae"
+    with pytest.raises(ValueError, match=r"DEM reconstruction RMSE .* m .*vae\.max_dem_error_m.*vae\.steps"):
+        run_vae_stage(shards, stats, {**FAST, "steps": 1, "max_dem_error_m": 1e-6}, out, device="cpu")
+    assert not out.exists(), "a failed check must not leave a VAE behind"
+
+
+def test_unknown_param_key_is_named():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['stpes'\]"):
+        VaeTrainParams.from_params({"stpes": 10})
+    with pytest.raises(ValueError, match="loss must be"):
+        VaeTrainParams.from_params({"loss": "huber"})
+
+
+def test_pretrained_folder_is_taken_as_is(micro, tmp_path):
+    shards, stats, _, _ = micro
+    vae = _fresh_vae(stats)
+    vae.register_to_config(scaling_factor=0.5)
+    vae.save_pretrained(tmp_path / "sd" / "vae")  # a pipeline folder holding vae/, like SD 2.1's
+    report = run_vae_stage(shards, stats, {"max_dem_error_m": 1e9}, tmp_path / "out", pretrained=tmp_path / "sd",
+                           device="cpu")
+    assert report["source"] == "pretrained" and report["steps"] == 0 and report["scaling_factor"] == 0.5
+    assert (tmp_path / "out" / "config.json").is_file()
+
+
+def test_evaluation_of_a_perfect_copy_beats_bilinear(micro):
+    """The metric plumbing: an identity 'VAE' has zero error and beats the baseline."""
+    _, stats, _, train = micro
+
+    class Identity(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def encode(self, x):
+            return type("E", (), {"latent_dist": type("D", (), {"mode": lambda _self: x})()})()
+
+        def decode(self, z):
+            return type("O", (), {"sample": z})()
+
+    r = evaluate_reconstruction(Identity(), train["rgb"], train["dem"], train["mask"], stats["dem_scale_m"],
+                                stats["prepare"]["latent_factor"])
+    assert r["rgb_mse"] == 0 and r["dem_rmse_m"] == pytest.approx(0, abs=1e-3) and r["rgb_beats_bilinear"] and r["dem_beats_bilinear"]
+    assert r["dem_bilinear_rmse_m"] > 0 and np.isfinite(r["dem_bilinear_psnr_db"])
