@@ -39,6 +39,28 @@ def run_main_job(root: Path, profile: str | None, stages: list[str] | None, forc
             report = json.loads(curation.read_text())
             print(f"  read back and curated: {report['kept_cells']} of {report['input_cells']} cells kept; "
                   f"rejected per reason: {report['rejected_per_reason']}")
-    print(f"\nDone in {time.perf_counter() - started:.0f} s. Outputs: {raw}/, reports/; "
+    print_model_summary(root)
+    print(f"\nDone in {time.perf_counter() - started:.0f} s. Outputs: {raw}/, models/, reports/; "
           f"data versions in dvc.lock (dvc status, dvc push).")
     return results
+
+
+def print_model_summary(root: Path) -> None:
+    """What the vae and train stages produced, from their reports (nothing is recomputed)."""
+    vae, train, record = (root / "reports/vae.json", root / "reports/train.json", root / "models/train_run.json")
+    if vae.exists():
+        v = json.loads(vae.read_text())
+        print(f"  VAE ({v['source']}): held-out RGB PSNR {v['rgb_psnr_db']:.1f} dB (bilinear "
+              f"{v['rgb_bilinear_psnr_db']:.1f}), DEM RMSE {v['dem_rmse_m']:.1f} m (bilinear "
+              f"{v['dem_bilinear_rmse_m']:.1f} m), scaling factor {v['scaling_factor']:.3f}")
+    if train.exists():
+        t = json.loads(train.read_text())
+        first, last = t.get("validation_first") or {}, t.get("validation_last") or {}
+        if first and last:
+            print(f"  training: {t['step']} steps; validation loss {first['loss']:.3f} -> {last['loss']:.3f} "
+                  f"({1 - last['loss'] / first['loss']:.0%} lower; captions shuffled: "
+                  f"{last['loss_shuffled_captions']:.3f})")
+    if record.exists():
+        r = json.loads(record.read_text())
+        print(f"  pipeline: models/pipeline (MLflow run {r['run_id']}, model {r.get('model_uri')}); try "
+              f'`mesa generate "A Sentinel-2 image of hills in France in June" --out generated`')

@@ -386,12 +386,12 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
             if state.step % train_params.log_every == 0 or state.step == total:
                 now = time.perf_counter()
                 tracker.log_metrics({
-                    "loss": float(parts.total), "loss/image": float(parts.image), "loss/dem": float(parts.dem),
+                    "loss": parts.total.item(), "loss/image": parts.image.item(), "loss/dem": parts.dem.item(),
                     "lr": lr_schedule.get_last_lr()[0], "grad_norm": float(grad_norm),
                     "samples_per_s": seen_since / max(now - last_log, 1e-9),
                     "valid_share": float(parts.valid_share), "empty_samples": state.empty_samples,
                 }, step=state.step)
-                say(f"[train] step {state.step}/{train_params.steps} loss {float(parts.total):.4f} "
+                say(f"[train] step {state.step}/{train_params.steps} loss {parts.total.item():.4f} "
                     f"({seen_since / max(now - last_log, 1e-9):.1f} samples/s)")
                 seen_since, last_log = 0, now
             if state.step % train_params.validate_every == 0:
@@ -428,7 +428,8 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
 
                 if tracker.run_id:
                     tracker.flush()
-                    result["model_uri"] = log_pipeline_model(tracker.run_id, str(layout.pipeline))
+                    result["model_uri"] = log_pipeline_model(tracker.run_id, str(layout.pipeline),
+                                                             uri=tracker.tracking_uri)
             from components.atomic import write_json_atomic
 
             write_json_atomic(layout.run_record, {"run_id": tracker.run_id, "experiment": train_params.experiment,

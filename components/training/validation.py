@@ -31,7 +31,7 @@ class ValidationSet:
     timesteps: torch.Tensor      # (N,)
     tokenizer: Any
     text_encoder: Any
-    split: str
+    split: str                   # how many held-out and training samples it holds
 
     @classmethod
     def build(cls, layout, params: Mapping[str, Any], train_params, vae, tokenizer, text_encoder,
@@ -41,16 +41,19 @@ class ValidationSet:
 
         stats_scale = _dem_scale(layout)
         shards = sorted(str(p) for p in layout.samples.glob("*.parquet"))
-        items = []
+        # Held-out samples first; a small world's test split is topped up with training samples
+        # (the first ones in id order), so the set is never too small to compare captions on.
+        items: list[dict] = []
         for split in ("test", "train"):
             dataset = TerrainSampleDataset(shards, split, dem_scale_m=stats_scale, seed=train_params.seed,
                                            shuffle=False, shadow=bool(params["shadow"]["enabled"]),
                                            augmentation=None, rank=0, world_size=1, shuffle_buffer=0)
-            items = [item for _, item in zip(range(train_params.validation_samples), dataset)]
-            if items:
-                break
-        if not items:
-            raise ValueError(f"no samples in {layout.samples} to validate on")
+            items += [item for _, item in zip(range(train_params.validation_samples - len(items)), dataset)]
+        if len(items) < 2:
+            raise ValueError(f"{layout.samples} holds {len(items)} sample(s): validation needs at least 2")
+        test_ids = _test_ids(shards)
+        held_out = sum(1 for item in items if item["sample_id"] in test_ids)
+        split = f"{held_out} test + {len(items) - held_out} train"
         batch = collate(items)
         scale = float(vae.config.scaling_factor)
         with torch.no_grad():
@@ -83,6 +86,13 @@ class ValidationSet:
         unet.train(was_training)
         return {"loss": float(true.total), "loss_image": float(true.image), "loss_dem": float(true.dem),
                 "loss_shuffled_captions": float(shuffled.total)}
+
+
+def _test_ids(shards: Sequence[str]) -> set[str]:
+    from components.samples.shards import read_sample_shard
+
+    return {row["sample_id"] for path in shards for row in read_sample_shard(path, columns=["sample_id", "split"])
+            if row["split"] == "test"}
 
 
 def _dem_scale(layout) -> float:

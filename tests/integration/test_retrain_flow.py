@@ -17,8 +17,11 @@ import yaml
 from components.params import apply_profile
 from tests.conftest import PROJECT_ROOT
 
-PROJECT_FILES = ["params.yaml", "dvc.yaml", "configs", "components", "flows", ".dvc/config", ".dvcignore",
+PROJECT_FILES = ["params.yaml", "dvc.yaml", "configs", "components", "flows", "infra", ".dvc/config", ".dvcignore",
                  ".gitignore"]
+
+
+STAGES = ("synth", "validate", "captions", "prepare", "vae", "latents", "train")
 
 
 def _run(cmd, cwd):
@@ -62,7 +65,7 @@ def test_retrain_runs_the_stages_then_skips_them_when_nothing_changed(project, p
 
     state = retrain(project_dir=str(project), api_url=prefect_api, return_state=True)
     results = state.result()
-    assert [(r["stage"], r["ran"]) for r in results] == [(s, True) for s in ("synth", "validate", "captions", "prepare")]
+    assert [(r["stage"], r["ran"]) for r in results] == [(s, True) for s in STAGES]
 
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["synth"]["params"]["params.yaml"]["synth"]["cells"] == 24  # the micro profile
@@ -73,7 +76,7 @@ def test_retrain_runs_the_stages_then_skips_them_when_nothing_changed(project, p
 
     # Each stage's own flow ran in its DVC subprocess, on the same server, as a subflow of the run.
     subflows = _subflows(state.state_details.flow_run_id)
-    assert sorted(f.name for f in subflows) == ["stage-captions", "stage-prepare", "stage-synth", "stage-validate"]
+    assert sorted(f.name for f in subflows) == sorted(f"stage-{s}" for s in STAGES)
     assert all(f.state.is_completed() for f in subflows)
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
@@ -87,9 +90,14 @@ def test_retrain_runs_the_stages_then_skips_them_when_nothing_changed(project, p
     curation = json.loads((project / "reports" / "curation.json").read_text())
     assert curation["kept_cells"] == 24 and curation["rejected_cells"] == 6
     assert (project / "data/captions/captions.parquet").exists()
+    # The model side: a trained VAE, cached latents, a pipeline folder and its MLflow run.
+    assert json.loads((project / "reports" / "vae.json").read_text())["source"] == "trained"
+    assert json.loads((project / "data/latents/manifest.json").read_text())["enabled"] is True
+    assert (project / "models/pipeline/dem_rule.json").exists()
+    assert json.loads((project / "models/train_run.json").read_text())["run_id"]
 
     again = retrain(project_dir=str(project), api_url=prefect_api)
-    assert [(r["stage"], r["ran"]) for r in again] == [(s, False) for s in ("synth", "validate", "captions", "prepare")]
+    assert [(r["stage"], r["ran"]) for r in again] == [(s, False) for s in STAGES]
     status = subprocess.run(["dvc", "status"], cwd=project, capture_output=True, text=True, check=True)
     assert "up to date" in status.stdout.lower()
 
