@@ -68,6 +68,9 @@ def apply_profile(name: str, project_dir: str | Path = ".") -> dict[str, tuple[A
     path = Path(project_dir) / PARAMS_FILE
     yaml_rt = YAML()  # round-trip: keeps comments and key order
     yaml_rt.preserve_quotes = True
+    # ruamel writes None as an empty value; keep the file's explicit `null`s.
+    yaml_rt.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
     document = yaml_rt.load(path.read_text())
     changed: dict[str, tuple[Any, Any]] = {}
     for dotted, value in overrides.items():

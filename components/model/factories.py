@@ -130,7 +130,9 @@ def tiny_vae_config(latent_factor: int = 8, latent_channels: int = 4, **override
     blocks = int(latent_factor).bit_length() - 1
     if latent_factor < 1 or 2**blocks != latent_factor:
         raise ValueError(f"latent_factor must be a power of two, got {latent_factor}")
-    widths = [32, 64, 64, 64, 64, 64][: blocks + 1]
+    # Narrow and without mid-block attention: the vae stage's CPU recipe fits about 1,100 steps
+    # of 8 images at 64 px in 150 s on one core, which a wider VAE trades for far fewer steps.
+    widths = [16, 16, 32, 32, 32, 32][: blocks + 1]
     cfg: dict[str, Any] = {
         "in_channels": 3,
         "out_channels": 3,
@@ -139,7 +141,8 @@ def tiny_vae_config(latent_factor: int = 8, latent_channels: int = 4, **override
         "down_block_types": ["DownEncoderBlock2D"] * len(widths),
         "up_block_types": ["UpDecoderBlock2D"] * len(widths),
         "layers_per_block": 1,
-        "norm_num_groups": 16,
+        "norm_num_groups": 8,
+        "mid_block_add_attention": False,
         "sample_size": 64,
         "scaling_factor": 1.0,  # the vae stage measures the real one from the latents' spread
     }

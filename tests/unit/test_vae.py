@@ -10,8 +10,10 @@ import torch
 from components.model.factories import build_vae, tiny_vae_config
 from components.model.vae import (
     VaeTrainParams,
+    augment_batch,
     evaluate_reconstruction,
     load_vae_arrays,
+    lr_factor,
     masked_reconstruction_loss,
     run_vae_stage,
     save_vae_atomic,
@@ -85,6 +87,37 @@ def test_training_is_deterministic_for_a_seed(micro):
         weights.append(vae.state_dict())
     assert len(history) == 3 and {"step", "loss", "rec_loss", "kl"} <= set(history[0])
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_learning_rate_warms_up_then_decays_to_its_floor():
+    steps, warmup, floor = 100, 10, 0.02
+    factors = [lr_factor(s, steps, warmup, floor) for s in range(steps)]
+    assert factors[0] == pytest.approx(0.1) and factors[warmup - 1] == pytest.approx(1.0)
+    assert max(factors) == pytest.approx(1.0)
+    assert factors[-1] == pytest.approx(floor), "the last step runs at the floor"
+    assert all(a >= b for a, b in zip(factors[warmup:], factors[warmup + 1:])), "the cosine only decays"
+    # A run shorter than the warm-up still decays to its floor; a single step runs at the peak.
+    assert lr_factor(5, 6, 50, floor) == pytest.approx(floor)
+    assert lr_factor(0, 1, 50, floor) == 1.0
+
+
+def test_training_follows_the_schedule_and_augments_consistently(micro):
+    _, stats, _, train = micro
+    params = VaeTrainParams(steps=5, batch_size=4, learning_rate=1e-3, warmup_steps=1, lr_floor=0.1,
+                            mean_fraction=0.4)
+    history = train_vae(_fresh_vae(stats), train["rgb"], train["dem"], train["mask"], params, device="cpu")
+    assert [h["lr"] for h in history][0] == pytest.approx(1e-3) and history[-1]["lr"] == pytest.approx(1e-4)
+    assert all(np.isfinite(h["loss"]) for h in history)
+    # Every element of the dihedral group shows up, and image and mask always move together.
+    pattern = torch.arange(16.0).reshape(1, 1, 4, 4)
+    generator, seen = torch.Generator().manual_seed(0), set()
+    for _ in range(64):
+        images, masks = augment_batch(pattern.repeat(2, 3, 1, 1), pattern.repeat(2, 1, 1, 1), generator)
+        assert torch.equal(images[:, :1], masks) and torch.equal(images[0], images[1])
+        seen.add(tuple(masks[0, 0].flatten().tolist()))
+    assert len(seen) == 8
+    with pytest.raises(ValueError, match="lr_floor must be in"):
+        VaeTrainParams(lr_floor=2.0)
 
 
 def test_masked_pixels_do_not_touch_the_reconstruction_loss(micro):
