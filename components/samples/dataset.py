@@ -334,6 +334,12 @@ class TerrainSampleDataset(IterableDataset):
             "rgb": rgb_to_model(raw["image"]),
             "dem": dem_to_model(raw["dem"], self.dem_scale_m),
             "mask": torch.from_numpy(raw["mask"].astype(np.float32)[None]),
+            **self._common(raw, epoch),
+        }
+
+    def _common(self, raw: dict[str, Any], epoch: int) -> dict[str, Any]:
+        """What every item holds whatever its arrays: latent mask, caption, ids and flags."""
+        return {
             "mask_latent": torch.from_numpy(raw["mask_latent"].astype(np.float32)[None]),
             "caption": self._caption(raw, epoch),
             "grid_cell": raw["grid_cell"],
@@ -351,9 +357,14 @@ def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     ``dem_mean_m`` float32 (B,); ``shadow_used``, ``l1c_missing`` bool (B,); ``caption``,
     ``grid_cell``, ``sample_id`` lists of str.
     """
+    return collate_items(batch, ("rgb", "dem", "mask", "mask_latent"))
+
+
+def collate_items(batch: Sequence[Mapping[str, Any]], tensors: Sequence[str]) -> dict[str, Any]:
+    """Stack ``tensors`` (each item's arrays), the per-sample scalars and flags, list the strings."""
     if not batch:
         raise ValueError("collate got an empty batch")
-    out: dict[str, Any] = {k: torch.stack([b[k] for b in batch]) for k in ("rgb", "dem", "mask", "mask_latent")}
+    out: dict[str, Any] = {k: torch.stack([b[k] for b in batch]) for k in tensors}
     out["dem_mean_m"] = torch.tensor([b["dem_mean_m"] for b in batch], dtype=torch.float32)
     for key in ("shadow_used", "l1c_missing"):
         out[key] = torch.tensor([b[key] for b in batch], dtype=torch.bool)

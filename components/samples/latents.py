@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 import torch
 
 from components.atomic import atomic_write, write_json_atomic
-from components.samples.dataset import TerrainSampleDataset, dem_to_model, rgb_to_model
+from components.samples.dataset import TerrainSampleDataset, collate_items, dem_to_model, rgb_to_model
 from components.samples.shards import (
     DESCRIPTOR_COLUMNS,
     SAMPLE_SCHEMA,
@@ -598,13 +598,7 @@ class LatentSampleDataset(TerrainSampleDataset):
             "rgb_latent_std": tensor(raw["image_std"]),
             "dem_latent_mean": tensor(raw["dem_latent_mean"]),
             "dem_latent_std": tensor(raw["dem_latent_std"]),
-            "mask_latent": torch.from_numpy(raw["mask_latent"].astype(np.float32)[None]),
-            "caption": self._caption(raw, epoch),
-            "grid_cell": raw["grid_cell"],
-            "sample_id": raw["sample_id"],
-            "dem_mean_m": float(raw["dem_mean_m"]),
-            "shadow_used": bool(raw["shadow_used"]),
-            "l1c_missing": bool(raw["l1c_missing"]),
+            **self._common(raw, epoch),
         }
 
 
@@ -623,12 +617,4 @@ def collate_latents(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         ``shadow_used``, ``l1c_missing`` bool (B,); ``caption``, ``grid_cell``, ``sample_id``
         lists of str.
     """
-    if not batch:
-        raise ValueError("collate_latents got an empty batch")
-    out: dict[str, Any] = {k: torch.stack([b[k] for b in batch]) for k in _LATENT_TENSORS}
-    out["dem_mean_m"] = torch.tensor([b["dem_mean_m"] for b in batch], dtype=torch.float32)
-    for key in ("shadow_used", "l1c_missing"):
-        out[key] = torch.tensor([b[key] for b in batch], dtype=torch.bool)
-    for key in ("caption", "grid_cell", "sample_id"):
-        out[key] = [b[key] for b in batch]
-    return out
+    return collate_items(batch, _LATENT_TENSORS)

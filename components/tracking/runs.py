@@ -296,6 +296,15 @@ def _system_metrics_monitor(run_id: str, uri: str, interval_s: float, sink: Call
 
 
 # ----------------------------------------------------------------------------- the run logger
+def _client_for(project_dir: str | Path, uri: str | None):
+    """(uri, MlflowClient) for the project's store or `uri`, with the client's own retries kept low."""
+    from mlflow import MlflowClient
+
+    uri = uri or tracking_uri(project_dir)
+    configure_client_retries(uri)
+    return uri, MlflowClient(uri)
+
+
 class RunLogger:
     """Logs one MLflow run from a training loop; no call waits for the tracking server.
 
@@ -392,11 +401,7 @@ class RunLogger:
         """
         if not enabled:
             return cls.disabled()
-        from mlflow import MlflowClient
-
-        uri = uri or tracking_uri(project_dir)
-        configure_client_retries(uri)
-        client = MlflowClient(uri)
+        uri, client = _client_for(project_dir, uri)
         try:
             experiment_id = ensure_experiment(client, experiment, project_dir)
             run = client.create_run(
@@ -423,11 +428,7 @@ class RunLogger:
         """
         if not enabled:
             return cls.disabled()
-        from mlflow import MlflowClient
-
-        uri = uri or tracking_uri(project_dir)
-        configure_client_retries(uri)
-        client = MlflowClient(uri)
+        uri, client = _client_for(project_dir, uri)
         try:
             client.get_run(run_id)
             client.update_run(run_id, status="RUNNING")
