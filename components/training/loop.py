@@ -330,7 +330,8 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
     from components.training.validation import ValidationSet
 
     tracker = _start_tracking(root, params, train_params, accelerator, state, stats, dataset, cached)
-    validation = ValidationSet.build(layout, params, train_params, vae, tokenizer, text_encoder, device)
+    validation = (ValidationSet.build(layout, params, train_params, vae, tokenizer, text_encoder, device)
+                  if accelerator.is_main_process else None)  # only the main process evaluates
 
     history: list[dict[str, float]] = []
 
@@ -411,7 +412,7 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
     seconds = time.perf_counter() - started
     result = {"step": state.step, "epoch": state.epoch, "run_id": tracker.run_id, "cached_latents": cached,
               "empty_samples": state.empty_samples, "checkpoints": str(checkpoints.relative_to(root)),
-              "validation_split": validation.split}
+              "validation_split": validation.split if validation else None}
     if state.step >= train_params.steps:
         if state.step % train_params.checkpoint_every:
             save_checkpoint(accelerator, checkpoints, state.step, train_params.keep_checkpoints)
