@@ -17,7 +17,7 @@ import json
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class TrainState:
     epoch_batches: int = 0   # micro-batches of the current epoch done
     empty_samples: int = 0   # samples whose valid mask was empty (they contribute nothing)
     run_id: str = ""
+    validation: list = field(default_factory=list)  # every validation result, kept across resumes
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -333,7 +334,7 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
     validation = (ValidationSet.build(layout, params, train_params, vae, tokenizer, text_encoder, device)
                   if accelerator.is_main_process else None)  # only the main process evaluates
 
-    history: list[dict[str, float]] = []
+    history = state.validation
 
     def evaluate() -> None:
         if not accelerator.is_main_process:
@@ -416,7 +417,7 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
     if state.step >= train_params.steps:
         if state.step % train_params.checkpoint_every:
             save_checkpoint(accelerator, checkpoints, state.step, train_params.keep_checkpoints)
-        if state.step % train_params.validate_every:
+        if not history or history[-1]["step"] != state.step:
             evaluate()
         if history:
             result["validation_first"] = {k: round(v, 6) for k, v in history[0].items()}
