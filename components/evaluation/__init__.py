@@ -1,0 +1,1 @@
+"""Evaluation components: metrics of generated terrain (landform, colour, realism, coherence, diversity)."""
