@@ -1,0 +1,152 @@
+"""The terrain metrics of a model on the held-out cells, next to the reference real pairs reach.
+
+``held_out_pairs`` reads real pairs (RGB as the model sees it, DEM in metres) with their
+descriptors and full captions from the sample shards. ``generate_for_cells`` generates from each
+held-out cell's own caption with fixed seeds (the same for every model, so models compare).
+``score`` computes every metric of ``metrics.metric_directions`` for a set of pairs against
+reference pairs: generated vs held-out is the model's score; held-out vs training is the
+reference a perfect model would reach.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.evaluation import metrics
+
+Generate = Callable[[list[str], list[int]], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Pairs:
+    """RGB uint8 (N, H, W, 3), DEM metres (N, H, W), and per pair its caption and descriptors."""
+
+    rgb: np.ndarray
+    dem_m: np.ndarray
+    captions: list[str]
+    landform: list[str | None]          # the landform the caption names (landform_local_short)
+    group: list[str]                    # biome|month: what the colour histograms are compared by
+    seeds: list[int] = field(default_factory=list)
+    cell_ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def _group(descriptors: Mapping[str, Any]) -> str:
+    return f"{descriptors.get('biome_short') or 'unknown'}|{descriptors.get('month_short') or 'unknown'}"
+
+
+def held_out_pairs(sample_shards: Sequence[str | Path], split: str, limit: int | None = None) -> Pairs:
+    """Real pairs of ``split`` (RGB as the display-encoded uint8 the pipeline outputs, DEM in metres).
+
+    The DEM is the stored elevation relative to the cell mean plus that mean, so its relief is
+    the real one; NaN outside the valid mask would break the descriptors, so masked pixels keep
+    their stored value (the DEM is complete; only the image may be cloudy there).
+    """
+    from components.captions.builder import build_caption
+    from components.samples.shards import DESCRIPTOR_COLUMNS, read_sample_shard
+
+    rgb, dem, captions, landform, group, ids = [], [], [], [], [], []
+    for path in sorted(str(p) for p in sample_shards):
+        for row in read_sample_shard(path, columns=["sample_id", "split", "dem_mean_m", "rgb", "dem",
+                                                    *DESCRIPTOR_COLUMNS]):
+            if row["split"] != split:
+                continue
+            descriptors = {c: row[c] for c in DESCRIPTOR_COLUMNS}
+            rgb.append(np.rint(row["rgb"].astype(np.float64) / 65535.0 * 255.0).astype(np.uint8))
+            dem.append(row["dem"].astype(np.float32) + np.float32(row["dem_mean_m"]))
+            captions.append(build_caption(descriptors))
+            landform.append(descriptors.get("landform_local_short"))
+            group.append(_group(descriptors))
+            ids.append(row["sample_id"])
+            if limit is not None and len(ids) >= limit:
+                break
+        if limit is not None and len(ids) >= limit:
+            break
+    if not ids:
+        raise ValueError(f"no {split!r} samples in {list(sample_shards)}: run the prepare stage (or lower the "
+                         "test share's floor)")
+    return Pairs(np.stack(rgb), np.stack(dem), captions, landform, group, cell_ids=ids)
+
+
+def generate_for_cells(generate: Generate, cells: Pairs, seeds: Sequence[int], at_least: int = 60,
+                       batch_size: int = 16) -> Pairs:
+    """Generations from the cells' own captions: every cell x every seed, cycling cells until
+    ``at_least`` generations exist (so a small held-out split still gives enough)."""
+    if not seeds:
+        raise ValueError("give at least one seed")
+    jobs: list[tuple[int, int]] = []
+    rounds = max(1, -(-at_least // (len(cells) * len(seeds))))
+    for _ in range(rounds):
+        for i in range(len(cells)):
+            for seed in seeds:
+                jobs.append((i, int(seed) + len(jobs) // (len(cells) * len(seeds)) * 1000))
+    rgb, dem = [], []
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        out_rgb, out_dem = generate([cells.captions[i] for i, _ in chunk], [s for _, s in chunk])
+        rgb.append(np.asarray(out_rgb))
+        dem.append(np.asarray(out_dem, dtype=np.float32))
+    return Pairs(np.concatenate(rgb), np.concatenate(dem), [cells.captions[i] for i, _ in jobs],
+                 [cells.landform[i] for i, _ in jobs], [cells.group[i] for i, _ in jobs],
+                 seeds=[s for _, s in jobs], cell_ids=[cells.cell_ids[i] for i, _ in jobs])
+
+
+def score(candidate: Pairs, reference: Pairs, pixel_size_m: float,
+          thresholds: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Every metric of ``metrics.metric_directions()`` for ``candidate`` against ``reference``.
+
+    Landform adherence compares the candidate DEMs' classes with the classes their captions name
+    (cells whose caption names none are left out). Diversity groups the candidate by caption;
+    real pairs have one sample per caption, so their diversity is reported as NaN.
+    """
+    asked = [(i, lf) for i, lf in enumerate(candidate.landform) if lf]
+    predicted = metrics.classify_dems(candidate.dem_m[[i for i, _ in asked]], pixel_size_m, thresholds)
+    accuracy = metrics.landform_balanced_accuracy(predicted, [lf for _, lf in asked])
+    biome = metrics.biome_adherence(candidate.rgb, candidate.group, reference.rgb, reference.group)
+    by_caption: dict[str, list[np.ndarray]] = {}
+    for caption, dem in zip(candidate.captions, candidate.dem_m):
+        by_caption.setdefault(caption, []).append(dem)
+    repeated = {c: v for c, v in by_caption.items() if len(v) > 1}
+    result = {
+        "landform_balanced_accuracy": accuracy.value,
+        "landform_chance": accuracy.chance,
+        "biome_adherence_js": biome["value"],
+        "rgb_dem_coherence": metrics.rgb_dem_coherence(candidate.rgb, candidate.dem_m, pixel_size_m),
+        "diversity": metrics.diversity(repeated) if repeated else float("nan"),
+        **metrics.realism_distances(candidate.dem_m, reference.dem_m, pixel_size_m),
+    }
+    return {k: float(v) for k, v in result.items()}
+
+
+def shuffled_captions(cells: Pairs, seed: int = 0) -> Pairs:
+    """The same cells with captions (and what they ask for) permuted across cells: the control
+    a model that reads its captions must beat on landform adherence."""
+    from components.training.validation import derangements
+
+    (order,) = derangements(len(cells), 1, seed)
+    return Pairs(cells.rgb, cells.dem_m, [cells.captions[j] for j in order], list(cells.landform),
+                 list(cells.group), cell_ids=list(cells.cell_ids))
+
+
+def metrics_report(model: Mapping[str, float], reference: Mapping[str, float], **extra: Any) -> dict[str, Any]:
+    """reports/metrics.json: each metric with its direction, the model's value and the real reference."""
+    directions = metrics.metric_directions()
+    report: dict[str, Any] = {"metrics": {}}
+    for name, direction in directions.items():
+        report["metrics"][name] = {"direction": direction, "value": _json_number(model.get(name)),
+                                   "real_reference": _json_number(reference.get(name))}
+    report.update(extra)
+    return report
+
+
+def _json_number(value: Any) -> float | None:
+    """NaN / missing -> None (JSON has no NaN), else rounded."""
+    if value is None or not np.isfinite(value):
+        return None
+    return round(float(value), 6)
