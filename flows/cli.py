@@ -88,6 +88,26 @@ def generate(
     typer.echo(f"wrote {len(written['files'])} files -> {out}/ (generation.json lists them)")
 
 
+@app.command()
+def evaluate(
+    model: str = typer.Option("models/pipeline", help="A pipeline folder or an MLflow URI (models:/mesa@champion)."),
+    compare_with: Optional[list[str]] = typer.Option(None, "--compare-with",
+                                                     help="Another model drawn beside it on the Table 4 captions (repeatable)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: reports/evaluations/<model>)."),
+) -> None:
+    """Grids and terrain metrics of any model on the held-out cells: metrics.json, eval.md, eval/*.png."""
+    import re
+
+    from flows.stages import evaluate_stage_flow
+
+    root = _root()
+    out = out or root / "reports" / "evaluations" / re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_")
+    report = evaluate_stage_flow(project_dir=str(root), model=model, compare_with=compare_with, reports_dir=str(out))
+    accuracy = report["metrics"]["landform_balanced_accuracy"]["value"]
+    typer.echo(f"landform balanced accuracy {accuracy} (chance {report['landform_chance']}); "
+               f"report: {out / 'eval.md'}")
+
+
 @data_app.command("synth")
 def data_synth(
     out: Path = typer.Option(Path("data/raw"), help="Folder for s2l2a/, s2l1c/, dem/ and layers/."),

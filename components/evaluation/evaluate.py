@@ -32,6 +32,7 @@ class Pairs:
     group: list[str]                    # biome|month: what the colour histograms are compared by
     seeds: list[int] = field(default_factory=list)
     cell_ids: list[str] = field(default_factory=list)
+    descriptors: list[dict] = field(default_factory=list)  # per real cell (what its caption was built from)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -51,7 +52,7 @@ def held_out_pairs(sample_shards: Sequence[str | Path], split: str, limit: int |
     from components.captions.builder import build_caption
     from components.samples.shards import DESCRIPTOR_COLUMNS, read_sample_shard
 
-    rgb, dem, captions, landform, group, ids = [], [], [], [], [], []
+    rgb, dem, captions, landform, group, ids, described = [], [], [], [], [], [], []
     for path in sorted(str(p) for p in sample_shards):
         for row in read_sample_shard(path, columns=["sample_id", "split", "dem_mean_m", "rgb", "dem",
                                                     *DESCRIPTOR_COLUMNS]):
@@ -64,6 +65,7 @@ def held_out_pairs(sample_shards: Sequence[str | Path], split: str, limit: int |
             landform.append(descriptors.get("landform_local_short"))
             group.append(_group(descriptors))
             ids.append(row["sample_id"])
+            described.append({**descriptors, "grid_cell": row["sample_id"]})
             if limit is not None and len(ids) >= limit:
                 break
         if limit is not None and len(ids) >= limit:
@@ -71,7 +73,7 @@ def held_out_pairs(sample_shards: Sequence[str | Path], split: str, limit: int |
     if not ids:
         raise ValueError(f"no {split!r} samples in {list(sample_shards)}: run the prepare stage (or lower the "
                          "test share's floor)")
-    return Pairs(np.stack(rgb), np.stack(dem), captions, landform, group, cell_ids=ids)
+    return Pairs(np.stack(rgb), np.stack(dem), captions, landform, group, cell_ids=ids, descriptors=described)
 
 
 def generate_for_cells(generate: Generate, cells: Pairs, seeds: Sequence[int], at_least: int = 60,
@@ -134,18 +136,18 @@ def shuffled_captions(cells: Pairs, seed: int = 0) -> Pairs:
                  list(cells.group), cell_ids=list(cells.cell_ids))
 
 
-def metrics_report(model: Mapping[str, float], reference: Mapping[str, float], **extra: Any) -> dict[str, Any]:
+def metrics_report(scores: Mapping[str, float], reference: Mapping[str, float], **extra: Any) -> dict[str, Any]:
     """reports/metrics.json: each metric with its direction, the model's value and the real reference."""
     directions = metrics.metric_directions()
     report: dict[str, Any] = {"metrics": {}}
     for name, direction in directions.items():
-        report["metrics"][name] = {"direction": direction, "value": _json_number(model.get(name)),
-                                   "real_reference": _json_number(reference.get(name))}
+        report["metrics"][name] = {"direction": direction, "value": json_number(scores.get(name)),
+                                   "real_reference": json_number(reference.get(name))}
     report.update(extra)
     return report
 
 
-def _json_number(value: Any) -> float | None:
+def json_number(value: Any) -> float | None:
     """NaN / missing -> None (JSON has no NaN), else rounded."""
     if value is None or not np.isfinite(value):
         return None

@@ -94,6 +94,8 @@ class ValidationSet:
 
 def derangements(n: int, count: int, seed: int) -> list[list[int]]:
     """``count`` seeded permutations of range(n) that move every index (n >= 2)."""
+    if n < 2:
+        raise ValueError(f"a derangement needs at least 2 items, got {n}")
     rng = np.random.default_rng(seed)
     found: list[list[int]] = []
     while len(found) < count:

@@ -21,7 +21,7 @@ PROJECT_FILES = ["params.yaml", "dvc.yaml", "configs", "components", "flows", "i
                  ".gitignore"]
 
 
-STAGES = ("synth", "validate", "captions", "prepare", "vae", "latents", "train")
+STAGES = ("synth", "validate", "captions", "prepare", "vae", "latents", "train", "evaluate")
 
 
 def _run(cmd, cwd):
@@ -95,6 +95,10 @@ def test_retrain_runs_the_stages_then_skips_them_when_nothing_changed(project, p
     assert json.loads((project / "data/latents/manifest.json").read_text())["enabled"] is True
     assert (project / "models/pipeline/dem_rule.json").exists()
     assert json.loads((project / "models/train_run.json").read_text())["run_id"]
+    # Evaluation of the trained micro model: metrics with directions, the report, the grids.
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert metrics["metrics"]["landform_balanced_accuracy"]["direction"] == "higher_is_better"
+    assert (project / "reports/eval.md").exists() and (project / "reports/eval/seed_variability.png").exists()
 
     again = retrain(project_dir=str(project), api_url=prefect_api)
     assert [(r["stage"], r["ran"]) for r in again] == [(s, False) for s in STAGES]

@@ -1,0 +1,137 @@
+"""One evaluation of one model: grids (PNG + layout manifest), reports/metrics.json, reports/eval.md.
+
+What the ``evaluate`` stage and ``mesa evaluate`` call. Generations use fixed seeds and the
+held-out cells' own captions, so two models evaluated on the same samples are comparable.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from components.atomic import atomic_write, write_json_atomic
+from components.evaluation import evaluate, grids
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """params.yaml ``evaluate``: seeds, how many generations, sampling, which grids."""
+
+    seeds: tuple[int, ...] = (42, 50, 666)
+    min_generations: int = 60
+    steps: int = 50
+    guidance: float = 7.0
+    grid_cells: int = 4
+    grid_captions: tuple[str, ...] = grids.TABLE2_CAPTIONS
+    named_area_prompts: tuple[str, ...] = ()
+    batch_size: int = 16
+
+    @classmethod
+    def from_params(cls, values: Mapping[str, Any]) -> EvaluateParams:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"params.yaml evaluate: unknown keys {unknown}; known keys: {sorted(known)}")
+        cleaned = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        if "grid_captions" in cleaned and not cleaned["grid_captions"]:
+            cleaned["grid_captions"] = grids.TABLE2_CAPTIONS
+        return cls(**cleaned)
+
+
+def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping[str, Any], settings: EvaluateParams,
+                   reports_dir: str | Path, model_label: str, compare_with: Mapping[str, Any] | None = None,
+                   landform_thresholds: Mapping[str, Any] | None = None,
+                   progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluate ``pipeline``; write ``reports_dir/metrics.json``, ``eval.md`` and ``eval/*.png`` + ``*.json``.
+
+    Args:
+        pipeline: a TerrainPipeline.
+        sample_shards: data/samples/*.parquet (test split = held out, train split = reference).
+        stats: stats.json (the grid's pixel size comes from its ``prepare`` settings).
+        settings: ``EvaluateParams``.
+        reports_dir: usually ``reports/``.
+        model_label: what the report calls the model (a folder or an MLflow URI).
+        compare_with: other pipelines by label, drawn beside this one on the Table 4 captions.
+        landform_thresholds: the captions stage's overrides, so generations are judged by its rules.
+    Returns:
+        the metrics report (as written to metrics.json) plus ``grids``: {name: png path}.
+    """
+    reports = Path(reports_dir)
+    pixel = float(stats["prepare"]["footprint_px"]) * 10.0 / float(stats["prepare"]["image_px"])
+    generate = grids.pipeline_generate(pipeline, num_inference_steps=settings.steps,
+                                       guidance_scale=settings.guidance)
+
+    # 1. Metrics: held-out captions x fixed seeds, the shuffled-caption control, the real reference.
+    held_out = evaluate.held_out_pairs(sample_shards, "test")
+    training = evaluate.held_out_pairs(sample_shards, "train")
+    progress(f"[evaluate] generating {max(settings.min_generations, len(held_out) * len(settings.seeds))} "
+             f"samples from {len(held_out)} held-out captions x seeds {list(settings.seeds)}")
+    generated = evaluate.generate_for_cells(generate, held_out, settings.seeds, settings.min_generations,
+                                            settings.batch_size)
+    model = evaluate.score(generated, held_out, pixel, landform_thresholds)
+    shuffled = {"landform_balanced_accuracy": float("nan")}  # no control with a single held-out cell
+    if len(held_out) >= 2:
+        control = evaluate.generate_for_cells(generate, evaluate.shuffled_captions(held_out), settings.seeds,
+                                              settings.min_generations, settings.batch_size)
+        shuffled = evaluate.score(control, held_out, pixel, landform_thresholds)
+    real = evaluate.score(held_out, training, pixel, landform_thresholds)
+    report = evaluate.metrics_report(
+        model, real, model=model_label, generations=len(generated), held_out_cells=len(held_out),
+        seeds=list(settings.seeds), steps=settings.steps, guidance=settings.guidance,
+        landform_balanced_accuracy_shuffled_captions=evaluate.json_number(
+            shuffled["landform_balanced_accuracy"]),
+        landform_chance=evaluate.json_number(model["landform_chance"]))
+
+    # 2. Grids, each a PNG and its layout manifest.
+    cells = held_out.descriptors[: settings.grid_cells]
+    drawn = {
+        "seed_variability": grids.seed_variability_grid(generate, settings.grid_captions, settings.seeds,
+                                                        pixel_size_m=pixel),
+        "caption_influence": grids.caption_influence_grid(generate, cells, settings.seeds[0], pixel_size_m=pixel,
+                                                          named_area_prompts=settings.named_area_prompts),
+        "real_vs_generated": grids.real_vs_generated_grid(
+            generate, [(held_out.captions[i], held_out.rgb[i], held_out.dem_m[i]) for i in range(len(cells))],
+            settings.seeds[0], pixel_size_m=pixel),
+    }
+    if compare_with:
+        generators = {model_label: generate, **{label: grids.pipeline_generate(other, settings.steps,
+                                                                               settings.guidance)
+                                                for label, other in compare_with.items()}}
+        drawn["model_comparison"] = grids.model_comparison_grid(generators, grids.TABLE4_CAPTIONS,
+                                                                settings.seeds[0], pixel_size_m=pixel)
+    paths = {}
+    for name, (image, layout) in drawn.items():
+        png = reports / "eval" / f"{name}.png"
+        atomic_write(png, lambda tmp, image=image: image.save(tmp, format="PNG"))
+        write_json_atomic(reports / "eval" / f"{name}.json", layout.to_dict())
+        paths[name] = png
+    write_json_atomic(reports / "metrics.json", report)
+    atomic_write(reports / "eval.md", lambda tmp: Path(tmp).write_text(markdown_report(report, paths, reports)))
+    progress(f"[evaluate] landform balanced accuracy {model['landform_balanced_accuracy']:.3f} (chance "
+             f"{model['landform_chance']:.3f}, captions shuffled {shuffled['landform_balanced_accuracy']:.3f}) -> "
+             f"{reports / 'metrics.json'}, {reports / 'eval.md'}")
+    return {**report, "grids": {k: str(v) for k, v in paths.items()}}
+
+
+def markdown_report(report: Mapping[str, Any], grid_paths: Mapping[str, Path], reports: Path) -> str:
+    """reports/eval.md: the metrics table (model vs real reference, with directions) and the grids."""
+    lines = [f"# Evaluation of {report.get('model')}", "",
+             f"{report['generations']} generations from {report['held_out_cells']} held-out captions, seeds "
+             f"{report['seeds']}, {report['steps']} steps, guidance {report['guidance']}. The real reference is the "
+             "held-out pairs scored against the training pairs: what a perfect model would reach.", "",
+             "| metric | direction | model | real reference |", "| --- | --- | --- | --- |"]
+    for name, entry in report["metrics"].items():
+        lines.append(f"| {name} | {entry['direction'].replace('_', ' ')} | {_cell(entry['value'])} | "
+                     f"{_cell(entry['real_reference'])} |")
+    lines += ["", f"Landform adherence with the captions shuffled across cells (control): "
+              f"{_cell(report['landform_balanced_accuracy_shuffled_captions'])}; chance "
+              f"{_cell(report['landform_chance'])}.", ""]
+    for name, path in grid_paths.items():
+        lines += [f"## {name.replace('_', ' ')}", "", f"![{name}]({path.relative_to(reports).as_posix()})", ""]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+

@@ -1,0 +1,45 @@
+"""The evaluate stage on the micro world: metrics.json with directions, eval.md, grids with manifests."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import yaml
+
+from tests.conftest import PROJECT_ROOT
+
+
+def test_evaluate_writes_metrics_report_and_grids_for_an_untrained_model(prepared_project, tmp_path):
+    from components.evaluation.grids import TABLE2_CAPTIONS
+    from components.evaluation.metrics import metric_directions
+    from components.model.pipeline import tiny_random_pipeline
+    from components.params import load_params
+    from flows.stages import evaluate_stage_flow
+
+    base, _ = prepared_project
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "data").symlink_to(base / "data", target_is_directory=True)
+    params = load_params(base)
+    params["evaluate"].update(seeds=[42, 50], min_generations=6, steps=2, grid_cells=2)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(PROJECT_ROOT / "configs", project / "configs")
+    stats = json.loads((base / "data/samples/stats.json").read_text())
+    tiny_random_pipeline(["A Sentinel-2 image of hills"], image_px=stats["prepare"]["image_px"],
+                         stats=stats).save_pretrained(project / "models/pipeline")
+
+    out = tmp_path / "reports"
+    report = evaluate_stage_flow(str(project), reports_dir=str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["metrics"]) == set(metric_directions())
+    assert all(m["direction"] in ("higher_is_better", "lower_is_better") for m in metrics["metrics"].values())
+    assert metrics["generations"] >= 6 and metrics["seeds"] == [42, 50]
+    markdown = (out / "eval.md").read_text()
+    assert "| landform_balanced_accuracy |" in markdown and "seed_variability.png" in markdown
+    seeds = json.loads((out / "eval/seed_variability.json").read_text())
+    assert len(seeds["panels"]) == len(TABLE2_CAPTIONS) * 2
+    assert {p["caption"] for p in seeds["panels"]} == set(TABLE2_CAPTIONS)
+    assert {p["seed"] for p in seeds["panels"]} == {42, 50}
+    real = json.loads((out / "eval/real_vs_generated.json").read_text())
+    assert {p["source"] for p in real["panels"]} == {"real", "generated"}
+    assert set(report["grids"]) == {"seed_variability", "caption_influence", "real_vs_generated"}
