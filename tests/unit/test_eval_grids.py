@@ -102,7 +102,9 @@ def test_seed_variability_panels_are_the_generations(generate):
     panel = layout.panel(0, 1)
     top = panel.y + (panel.height - PX)
     tile = np.asarray(image)[top:top + PX, panel.x:panel.x + PX]
-    np.testing.assert_array_equal(tile, rgb[0])
+    # generated in a batch of 2 there, of 1 here: CPU batching may move a value by one grey level
+    np.testing.assert_allclose(tile.astype(int), rgb[0].astype(int), atol=1)
+    assert np.mean(tile == rgb[0]) > 0.99
 
 
 def test_caption_influence_rows_drop_what_they_name(generate):
