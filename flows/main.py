@@ -60,6 +60,13 @@ def print_model_summary(root: Path) -> None:
             print(f"  training: {t['step']} steps; validation loss {first['loss']:.3f} -> {last['loss']:.3f} "
                   f"({1 - last['loss'] / first['loss']:.0%} lower; captions shuffled: "
                   f"{last['loss_shuffled_captions']:.3f})")
+    metrics = root / "reports/metrics.json"
+    if metrics.exists():
+        m = json.loads(metrics.read_text())
+        accuracy = m["metrics"]["landform_balanced_accuracy"]
+        print(f"  evaluation: {m['generations']} generations; landform balanced accuracy {accuracy['value']} "
+              f"(chance {m['landform_chance']}, captions shuffled {m['landform_balanced_accuracy_shuffled_captions']}, "
+              f"real pairs {accuracy['real_reference']}); report reports/eval.md")
     if record.exists():
         r = json.loads(record.read_text())
         print(f"  pipeline: models/pipeline (MLflow run {r['run_id']}, model {r.get('model_uri')}); try "
