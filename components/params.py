@@ -88,3 +88,10 @@ def apply_profile(name: str, project_dir: str | Path = ".") -> dict[str, tuple[A
     if changed:
         atomic_write(path, lambda tmp: yaml_rt.dump(document, tmp))
     return changed
+
+
+def reject_unknown_keys(group: str, values: dict[str, Any], known: set[str]) -> None:
+    """Raise when params.yaml's `group` sets keys its stage does not read (a typo would do nothing)."""
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"params.yaml {group}: unknown keys {unknown}; known keys: {sorted(known)}")

@@ -82,12 +82,9 @@ def generate_for_cells(generate: Generate, cells: Pairs, seeds: Sequence[int], a
     ``at_least`` generations exist (so a small held-out split still gives enough)."""
     if not seeds:
         raise ValueError("give at least one seed")
-    jobs: list[tuple[int, int]] = []
+    # Later rounds over the same cells shift every seed by 1000, so no (caption, seed) repeats.
     rounds = max(1, -(-at_least // (len(cells) * len(seeds))))
-    for _ in range(rounds):
-        for i in range(len(cells)):
-            for seed in seeds:
-                jobs.append((i, int(seed) + len(jobs) // (len(cells) * len(seeds)) * 1000))
+    jobs = [(i, int(seed) + 1000 * r) for r in range(rounds) for i in range(len(cells)) for seed in seeds]
     rgb, dem = [], []
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]

@@ -12,6 +12,7 @@ from typing import Any
 
 from components.atomic import atomic_write, write_json_atomic
 from components.evaluation import evaluate, grids
+from components.params import reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,7 @@ class EvaluateParams:
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any]) -> EvaluateParams:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"params.yaml evaluate: unknown keys {unknown}; known keys: {sorted(known)}")
+        reject_unknown_keys("evaluate", dict(values), {f.name for f in fields(cls)})
         cleaned = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         if "grid_captions" in cleaned and not cleaned["grid_captions"]:
             cleaned["grid_captions"] = grids.TABLE2_CAPTIONS

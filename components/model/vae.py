@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from components.model.factories import build_vae, tiny_vae_config
+from components.params import reject_unknown_keys
 from components.samples.dataset import dem_to_model, rgb_to_model
 from components.samples.shards import read_sample_shard, shard_info
 
@@ -150,13 +151,7 @@ class VaeTrainParams:
             ValueError: a key this class does not know (listed with the known ones).
         """
         mapping = dict(mapping or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(mapping) - known)
-        if unknown:
-            raise ValueError(
-                f"params.yaml vae: unknown key(s) {unknown}; the vae stage knows {sorted(known)} "
-                "(fix the spelling or remove the key)"
-            )
+        reject_unknown_keys("vae", mapping, {f.name for f in fields(cls)})
         return cls(**mapping)
 
 

@@ -5,6 +5,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from components.params import reject_unknown_keys
+
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
@@ -47,10 +49,7 @@ class TrainParams:
 
     @classmethod
     def from_params(cls, train: Mapping[str, Any]) -> TrainParams:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(train) - known)
-        if unknown:
-            raise ValueError(f"params.yaml train: unknown keys {unknown}; known keys: {sorted(known)}")
+        reject_unknown_keys("train", dict(train), {f.name for f in fields(cls)})
         values = dict(train)
         for key in ("grid_captions", "grid_seeds"):
             if key in values:

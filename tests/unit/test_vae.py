@@ -143,7 +143,7 @@ def test_dem_error_above_the_bound_fails_with_what_to_change(micro, tmp_path):
 
 
 def test_unknown_param_key_is_named():
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['stpes'\]"):
+    with pytest.raises(ValueError, match=r"unknown keys \['stpes'\]"):
         VaeTrainParams.from_params({"stpes": 10})
     with pytest.raises(ValueError, match="loss must be"):
         VaeTrainParams.from_params({"loss": "huber"})
