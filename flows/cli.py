@@ -98,7 +98,7 @@ def evaluate(
     """Grids and terrain metrics of any model on the held-out cells: metrics.json, eval.md, eval/*.png."""
     import re
 
-    from flows.stages import evaluate_stage_flow
+    from flows.stages.evaluate import evaluate_stage_flow
 
     root = _root()
     out = out or root / "reports" / "evaluations" / re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_")
@@ -188,6 +188,12 @@ def _progress_printer(label: str):
         typer.echo(f"[{label}] {done}/{total} {what} ({elapsed:.0f} s)", err=True)
 
     return show
+
+
+# Commands defined in their own modules (each keeps heavy imports inside its function).
+# One line per module below: `from flows.X import X_command; app.command("x")(X_command)`.
+# --- module commands ---
+# --- end module commands ---
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def run_main_job(root: Path, profile: str | None, stages: list[str] | None, forc
     with owned_prefect_api() as api_url:
         print(f"Prefect API for this run: {api_url}")
         try:
-            results = retrain(project_dir=str(root), api_url=api_url, stages=stages, force=force)
+            results = retrain(project_dir=str(root), stages=stages, force=force)
         except StageFailed as failure:
             raise SystemExit(f"\nThe main job stopped: {failure}\nFix the cause and rerun; finished stages are kept.")
     print("\nStages:")

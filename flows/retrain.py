@@ -32,9 +32,10 @@ def dvc_stages(project_dir: str | Path) -> list[str]:
 
 
 @task(retries=1, retry_delay_seconds=5, task_run_name="stage {stage}")
-def run_dvc_stage(stage: str, project_dir: str, api_url: str, force: bool = False) -> dict:
+def run_dvc_stage(stage: str, project_dir: str, force: bool = False) -> dict:
     """`dvc repro --single-item STAGE` in `project_dir`, streaming its output to the Prefect log."""
     logger = get_run_logger()
+    api_url = current_api_url()
     command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
     started = time.perf_counter()
     tail: deque[str] = deque(maxlen=30)
@@ -60,8 +61,19 @@ def run_dvc_stage(stage: str, project_dir: str, api_url: str, force: bool = Fals
     return {"stage": stage, "ran": not skipped, "seconds": round(time.perf_counter() - started, 1)}
 
 
+def current_api_url() -> str:
+    """The Prefect API this process reports to (the run's server: ephemeral, team or test harness)."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        raise RuntimeError("no Prefect API URL is set: run retrain through `mesa retrain` (which starts one) "
+                           "or set PREFECT_API_URL")
+    return str(url)
+
+
 @flow(name="retrain", log_prints=True)
-def retrain(project_dir: str, api_url: str, stages: list[str] | None = None, force: bool = False) -> list[dict]:
+def retrain(project_dir: str, stages: list[str] | None = None, force: bool = False) -> list[dict]:
     """Run the pipeline's stages in order; return what each did (ran or skipped, seconds)."""
     names = stages or dvc_stages(project_dir)
     unknown = sorted(set(names) - set(dvc_stages(project_dir)))
@@ -70,5 +82,5 @@ def retrain(project_dir: str, api_url: str, stages: list[str] | None = None, for
     results = []
     for name in names:
         # One after the other: each stage reads what the previous one wrote.
-        results.append(run_dvc_stage(name, project_dir, api_url, force))
+        results.append(run_dvc_stage(name, project_dir, force))
     return results

@@ -59,7 +59,7 @@ def curated(micro_world, prefect_api, tmp_path_factory):
     import pandas as pd
 
     from components.params import apply_profile
-    from flows.stages import validate_stage_flow
+    from flows.stages.validate import validate_stage_flow
 
     raw, _ = micro_world
     project = tmp_path_factory.mktemp("validate-project")
@@ -76,7 +76,7 @@ def curated(micro_world, prefect_api, tmp_path_factory):
 @pytest.fixture(scope="session")
 def captioned(curated):
     """The curated micro project with its captions stage run."""
-    from flows.stages import captions_stage_flow
+    from flows.stages.captions import captions_stage_flow
 
     project, _, world = curated
     captions_stage_flow(str(project))
@@ -86,7 +86,7 @@ def captioned(curated):
 @pytest.fixture(scope="session")
 def prepared_project(captioned):
     """The captioned micro project with its prepare stage run: data/samples/*.parquet + stats.json."""
-    from flows.stages import prepare_stage_flow
+    from flows.stages.prepare import prepare_stage_flow
 
     project, world = captioned
     prepare_stage_flow(str(project))

@@ -14,7 +14,7 @@ def test_evaluate_writes_metrics_report_and_grids_for_an_untrained_model(prepare
     from components.evaluation.metrics import metric_directions
     from components.model.pipeline import tiny_random_pipeline
     from components.params import load_params
-    from flows.stages import evaluate_stage_flow
+    from flows.stages.evaluate import evaluate_stage_flow
 
     base, _ = prepared_project
     project = tmp_path / "p"

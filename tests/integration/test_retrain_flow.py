@@ -63,7 +63,7 @@ def _subflows(parent_flow_run_id):
 def test_retrain_runs_the_stages_then_skips_them_when_nothing_changed(project, prefect_api):
     from flows.retrain import retrain
 
-    state = retrain(project_dir=str(project), api_url=prefect_api, return_state=True)
+    state = retrain(project_dir=str(project), return_state=True)
     results = state.result()
     assert [(r["stage"], r["ran"]) for r in results] == [(s, True) for s in STAGES]
 
@@ -100,7 +100,7 @@ def test_retrain_runs_the_stages_then_skips_them_when_nothing_changed(project, p
     assert metrics["metrics"]["landform_balanced_accuracy"]["direction"] == "higher_is_better"
     assert (project / "reports/eval.md").exists() and (project / "reports/eval/seed_variability.png").exists()
 
-    again = retrain(project_dir=str(project), api_url=prefect_api)
+    again = retrain(project_dir=str(project))
     assert [(r["stage"], r["ran"]) for r in again] == [(s, False) for s in STAGES]
     status = subprocess.run(["dvc", "status"], cwd=project, capture_output=True, text=True, check=True)
     assert "up to date" in status.stdout.lower()
@@ -114,4 +114,4 @@ def test_a_failing_stage_fails_the_flow_and_names_the_stage(project, prefect_api
     params = (broken / "params.yaml").read_text().replace("cells: 24", "cells: 0")
     (broken / "params.yaml").write_text(params)
     with pytest.raises(StageFailed, match=r"stage 'synth' failed.*\n(.|\n)*cells"):
-        retrain(project_dir=str(broken), api_url=prefect_api)
+        retrain(project_dir=str(broken))

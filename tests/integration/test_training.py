@@ -20,7 +20,8 @@ from tests.conftest import PROJECT_ROOT
 @pytest.fixture(scope="module")
 def trained_inputs(prepared_project):
     """The micro project with its VAE trained and its latents cached (shared, read-only)."""
-    from flows.stages import latents_stage_flow, vae_stage_flow
+    from flows.stages.latents import latents_stage_flow
+    from flows.stages.vae import vae_stage_flow
 
     project, _ = prepared_project
     vae_stage_flow(str(project))

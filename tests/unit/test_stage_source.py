@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from flows.stages import synth_stage_flow
+from flows.stages.synth import synth_stage_flow
 from tests.conftest import PROJECT_ROOT
 
 

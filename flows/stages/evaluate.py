@@ -1,0 +1,55 @@
+"""`mesa stage evaluate`: grids and terrain metrics of a model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from components.params import load_params
+from flows.stages.common import MODELS_DIR, REPORTS_DIR, SAMPLES_DIR
+
+
+@flow(name="stage-evaluate")
+def evaluate_stage_flow(project_dir: str, model: str | None = None, compare_with: list[str] | None = None,
+                        reports_dir: str | None = None) -> dict:
+    """Grids and terrain metrics of a model (default models/pipeline, into reports/), logged to its MLflow run."""
+    import json
+
+    from components.evaluation.run import EvaluateParams, run_evaluation
+    from components.tracking.models import load_pipeline
+
+    root = Path(project_dir)
+    params = load_params(root)
+    model = model or "models/pipeline"
+    stats = json.loads((root / SAMPLES_DIR / "stats.json").read_text())
+    others = {label: load_pipeline(label, root) for label in (compare_with or [])}
+    report = run_evaluation(load_pipeline(model, root), sorted((root / SAMPLES_DIR).glob("*.parquet")), stats,
+                            EvaluateParams.from_params(params.get("evaluate") or {}),
+                            Path(reports_dir) if reports_dir else root / REPORTS_DIR, model,
+                            compare_with=others, landform_thresholds=params["captions"].get("landform_thresholds"),
+                            progress=lambda line: print(line, flush=True))
+    if reports_dir is None:
+        _log_evaluation(root, model, report)
+    return report
+
+
+def _log_evaluation(root: Path, model: str, report: dict) -> None:
+    """Metrics and grids onto the MLflow run that trained models/pipeline (when it is known)."""
+    import json
+
+    from components.tracking.runs import RunLogger
+
+    record = root / MODELS_DIR / "train_run.json"
+    if model != "models/pipeline" or not record.exists():
+        print("[evaluate] not logged to MLflow: no training run recorded for this model", flush=True)
+        return
+    run_id = json.loads(record.read_text())["run_id"]
+    tracker = RunLogger.resume(run_id, root, system_metrics=False)
+    values = {f"eval/{k}": v["value"] for k, v in report["metrics"].items() if v["value"] is not None}
+    step = int(json.loads((root / REPORTS_DIR / "train.json").read_text()).get("step", 0))
+    tracker.log_metrics(values, step=step)
+    for path in report["grids"].values():
+        tracker.log_artifact(path, "evaluation")
+    tracker.log_artifact(str(root / REPORTS_DIR / "metrics.json"), "evaluation")
+    tracker.finish()
+    print(f"[evaluate] logged to MLflow run {run_id}", flush=True)

@@ -1,0 +1,40 @@
+"""`mesa stage latents`: every sample encoded once by the frozen VAE."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from prefect import flow
+
+from components.params import load_params
+from flows.stages.common import LATENTS_DIR, MODELS_DIR, SAMPLES_DIR, progress_printer
+
+
+@flow(name="stage-latents")
+def latents_stage_flow(project_dir: str) -> dict:
+    """Every sample encoded once by the frozen VAE (or a 'disabled' manifest when latents.enabled is off)."""
+    import json
+
+    from diffusers import AutoencoderKL
+
+    from components.samples.latents import encode_samples_to_latents, write_disabled_manifest
+
+    root = Path(project_dir)
+    params = load_params(root)
+    out = root / LATENTS_DIR
+    if not params["latents"]["enabled"]:
+        shutil.rmtree(out, ignore_errors=True)
+        write_disabled_manifest(out)
+        print("[latents] latents.enabled is false: the trainer encodes on the fly", flush=True)
+        return {"enabled": False}
+    stats = json.loads((root / SAMPLES_DIR / "stats.json").read_text())
+    vae = AutoencoderKL.from_pretrained(str(root / MODELS_DIR / "vae"), local_files_only=True)
+    shards = sorted(str(p) for p in (root / SAMPLES_DIR).glob("*.parquet"))
+    staging = out.with_name(out.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    report = encode_samples_to_latents(shards, vae, staging, dem_scale_m=stats["dem_scale_m"],
+                                       batch_size=int(params["latents"]["batch_size"]), progress=progress_printer("latents"))
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    print(f"[latents] {report.get('samples')} samples -> {out}", flush=True)
+    return report

@@ -1,0 +1,62 @@
+"""`mesa stage prepare`: training samples (both image variants, DEM, masks, descriptors)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task, unmapped
+from prefect.cache_policies import NO_CACHE
+
+from components.atomic import write_json_atomic
+from components.params import load_params
+from flows.stages.common import CAPTIONS_DIR, CURATED_DIR, REPORTS_DIR, SAMPLES_DIR
+
+
+@task(task_run_name="prepare {label}", cache_policy=NO_CACHE)
+def _prepare_shard(label: str, cells, descriptors, splits, params, dem_scale_m: float, out: str) -> dict:
+    from components.samples.stats import write_prepared_shard
+
+    return write_prepared_shard(cells, descriptors, splits, params, dem_scale_m, out)
+
+
+@flow(name="stage-prepare")
+def prepare_stage_flow(project_dir: str) -> dict:
+    """Training samples: both image variants, DEM, masks and descriptors, in a few large shards."""
+    import shutil
+
+    import pandas as pd
+
+    from components.curation.curate import absolute_shard_paths
+    from components.samples import stats as sample_stats
+    from components.samples.prepare import PrepareParams, iter_groups
+    from components.samples.split import assign_split
+
+    root = Path(project_dir)
+    params = load_params(root)
+    settings = params["prepare"]
+    prepare = PrepareParams.from_params(settings, params["validate"]["cloud_classes"])
+    index = absolute_shard_paths(pd.read_parquet(root / CURATED_DIR / "index.parquet"), root)
+    descriptors = pd.read_parquet(root / CAPTIONS_DIR / "captions.parquet")
+    splits = dict(zip(index["grid_cell"], assign_split(index["grid_cell"], settings["test_share"],
+                                                        settings["split_salt"])))
+    dem_scale = sample_stats.dem_scale(index, splits, settings["dem_scale_m"])
+
+    out = root / SAMPLES_DIR
+    staging = out.with_name(out.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    groups = list(iter_groups(index))
+    labels = [f"part_{i:05d}" for i in range(len(groups))]
+    futures = _prepare_shard.map(label=labels, cells=[g for _, g in groups], descriptors=unmapped(descriptors),
+                                 splits=unmapped(splits), params=unmapped(prepare), dem_scale_m=unmapped(dem_scale),
+                                 out=[str(staging / f"{label}.parquet") for label in labels])
+    results = [f.result() for f in futures]
+    stats = sample_stats.summarise(results, index, descriptors, splits, prepare, dem_scale)
+    sample_stats.write_stats(staging / "stats.json", stats)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    report = {k: stats[k] for k in ("samples", "rejected", "dem_scale_m", "dem_clipped_share", "l1c_missing")}
+    write_json_atomic(root / REPORTS_DIR / "prepare.json", report)
+    print(f"[prepare] {stats['samples']} samples ({stats['splits']}) in {len(results)} shards, "
+          f"{len(stats['rejected_cells'])} cells rejected, DEM scale {dem_scale:g} m "
+          f"(clipped {stats['dem_clipped_share']:.2%}) -> {out}", flush=True)
+    return report
