@@ -193,6 +193,9 @@ def _progress_printer(label: str):
 # Commands defined in their own modules (each keeps heavy imports inside its function).
 # One line per module below: `from flows.X import X_command; app.command("x")(X_command)`.
 # --- module commands ---
+from flows.serve import serve_command; app.command("serve")(serve_command)  # noqa: E402,E702
+from flows.deploy import deploy_command; app.command("deploy")(deploy_command)  # noqa: E402,E702
+from flows.infra import infra_app; app.add_typer(infra_app, name="infra")  # noqa: E402,E702
 # --- end module commands ---
 
 

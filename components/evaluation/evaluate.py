@@ -135,7 +135,10 @@ def shuffled_captions(cells: Pairs, seed: int = 0) -> Pairs:
 
 def metrics_report(scores: Mapping[str, float], reference: Mapping[str, float], **extra: Any) -> dict[str, Any]:
     """reports/metrics.json: each metric with its direction, the model's value and the real reference."""
-    directions = metrics.metric_directions()
+    from components.evaluation import denoising
+
+    # The held-out denoising loss first: the steadiest number (no sampling), with no real reference.
+    directions = {denoising.NAME: denoising.DIRECTION, **metrics.metric_directions()}
     report: dict[str, Any] = {"metrics": {}}
     for name, direction in directions.items():
         report["metrics"][name] = {"direction": direction, "value": json_number(scores.get(name)),

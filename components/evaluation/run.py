@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from components.atomic import atomic_write, write_json_atomic
-from components.evaluation import evaluate, grids
+from components.evaluation import denoising, evaluate, grids
 from components.params import reject_unknown_keys
 
 
@@ -27,6 +27,7 @@ class EvaluateParams:
     grid_captions: tuple[str, ...] = grids.TABLE2_CAPTIONS
     named_area_prompts: tuple[str, ...] = ()
     batch_size: int = 16
+    denoising_samples: int = 32
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any]) -> EvaluateParams:
@@ -39,7 +40,7 @@ class EvaluateParams:
 
 def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping[str, Any], settings: EvaluateParams,
                    reports_dir: str | Path, model_label: str, compare_with: Mapping[str, Any] | None = None,
-                   landform_thresholds: Mapping[str, Any] | None = None,
+                   landform_thresholds: Mapping[str, Any] | None = None, shadow: bool = True,
                    progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate ``pipeline``; write ``reports_dir/metrics.json``, ``eval.md`` and ``eval/*.png`` + ``*.json``.
 
@@ -52,6 +53,8 @@ def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping
         model_label: what the report calls the model (a folder or an MLflow URI).
         compare_with: other pipelines by label, drawn beside this one on the Table 4 captions.
         landform_thresholds: the captions stage's overrides, so generations are judged by its rules.
+        shadow: the image variant the model was trained on (params shadow.enabled), for the
+            held-out denoising loss.
     Returns:
         the metrics report (as written to metrics.json) plus ``grids``: {name: png path}.
     """
@@ -74,8 +77,13 @@ def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping
                                               settings.min_generations, settings.batch_size)
         shuffled = evaluate.score(control, held_out, pixel, landform_thresholds)
     real = evaluate.score(held_out, training, pixel, landform_thresholds)
+    losses = denoising.heldout_denoising_loss(pipeline, [str(s) for s in sample_shards], float(stats["dem_scale_m"]),
+                                              shadow, settings.denoising_samples)
     report = evaluate.metrics_report(
-        model, real, model=model_label, generations=len(generated), held_out_cells=len(held_out),
+        {**model, **losses}, real, model=model_label, generations=len(generated), held_out_cells=len(held_out),
+        evaluation_fingerprint=evaluation_fingerprint(held_out, settings, landform_thresholds, shadow),
+        heldout_denoising_loss_shuffled_captions=evaluate.json_number(
+            losses[f"{denoising.NAME}_shuffled_captions"]),
         seeds=list(settings.seeds), steps=settings.steps, guidance=settings.guidance,
         landform_balanced_accuracy_shuffled_captions=evaluate.json_number(
             shuffled["landform_balanced_accuracy"]),
@@ -112,6 +120,26 @@ def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping
     return {**report, "grids": {k: str(v) for k, v in paths.items()}}
 
 
+def evaluation_fingerprint(held_out, settings: EvaluateParams, landform_thresholds: Mapping[str, Any] | None,
+                           shadow: bool) -> str:
+    """What makes two evaluations comparable: the held-out pairs, the settings and the metric code.
+
+    The promotion gate compares a challenger with the champion only when both carry the same
+    fingerprint; otherwise the champion is evaluated again first.
+    """
+    import hashlib
+    import json
+
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (held_out.rgb, held_out.dem_m):
+        digest.update(array.tobytes())
+    digest.update(json.dumps([held_out.captions, repr(settings), landform_thresholds or {}, shadow],
+                             sort_keys=True, default=str).encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):  # the metric code itself
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
 def markdown_report(report: Mapping[str, Any], grid_paths: Mapping[str, Path], reports: Path) -> str:
     """reports/eval.md: the metrics table (model vs real reference, with directions) and the grids."""
     lines = [f"# Evaluation of {report.get('model')}", "",
@@ -124,7 +152,9 @@ def markdown_report(report: Mapping[str, Any], grid_paths: Mapping[str, Path], r
                      f"{_cell(entry['real_reference'])} |")
     lines += ["", f"Landform adherence with the captions shuffled across cells (control): "
               f"{_cell(report['landform_balanced_accuracy_shuffled_captions'])}; chance "
-              f"{_cell(report['landform_chance'])}.", ""]
+              f"{_cell(report['landform_chance'])}. Held-out denoising loss with the captions shuffled "
+              f"(control): {_cell(report['heldout_denoising_loss_shuffled_captions'])}; a model that reads "
+              "its captions has a lower loss with its own.", ""]
     for name, path in grid_paths.items():
         lines += [f"## {name.replace('_', ' ')}", "", f"![{name}]({path.relative_to(reports).as_posix()})", ""]
     return "\n".join(lines)

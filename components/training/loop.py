@@ -465,6 +465,19 @@ def _printer(accelerator):
 
 def _start_tracking(root: Path, params, train_params: TrainParams, accelerator, state: TrainState, stats,
                     dataset, cached: bool):
+    """The run's logger: the run a resumed checkpoint names, else a new run with lineage tags.
+
+    A caller that launches training (e.g. `mesa ablation` around `dvc exp run`) can shape a new run
+    through the environment:
+
+    - ``MESA_MLFLOW_PARENT_RUN_ID``: a run id; the new run is nested under it (tag
+      ``mlflow.parentRunId``, which the MLflow UI shows as a child row of that run).
+    - ``MESA_MLFLOW_RUN_TAGS``: a JSON object of extra tags (e.g. ``{"mesa.variant": "shadow-on"}``);
+      ``mlflow.runName`` in it replaces the default run name.
+    """
+    import json
+    import os
+
     from components.tracking.lineage import lineage_tags
     from components.tracking.runs import RunLogger
 
@@ -472,11 +485,17 @@ def _start_tracking(root: Path, params, train_params: TrainParams, accelerator, 
     counts = {"train_samples": dataset.num_samples(), "processes": accelerator.num_processes,
               "cached_latents": cached, "samples": stats.get("samples")}
     tags = lineage_tags(root, params, counts) if enabled else {}
+    extra = json.loads(os.environ.get("MESA_MLFLOW_RUN_TAGS") or "{}")
+    if not isinstance(extra, dict):
+        raise TypeError(f"MESA_MLFLOW_RUN_TAGS must be a JSON object of tags, got {extra!r}")
+    run_name = str(extra.pop("mlflow.runName", None) or f"train-{params.get('profile', 'custom')}")
+    tags.update({str(k): str(v) for k, v in extra.items()})
+    if os.environ.get("MESA_MLFLOW_PARENT_RUN_ID"):
+        tags["mlflow.parentRunId"] = os.environ["MESA_MLFLOW_PARENT_RUN_ID"]
     if state.run_id:
         tracker = RunLogger.resume(state.run_id, root, enabled=enabled)
     else:
-        tracker = RunLogger.start(train_params.experiment, f"train-{params.get('profile', 'custom')}", root,
-                                  tags=tags, enabled=enabled)
+        tracker = RunLogger.start(train_params.experiment, run_name, root, tags=tags, enabled=enabled)
         tracker.log_params(params)
     if enabled:
         state.run_id = tracker.run_id or ""

@@ -37,21 +37,34 @@ class ValidationSet:
     @classmethod
     def build(cls, layout, params: Mapping[str, Any], train_params, vae, tokenizer, text_encoder,
               device) -> ValidationSet:
+        """Training's set: held-out samples first, a small world's test split topped up with
+        training samples (the first ones in id order), so it is never too small to compare captions on."""
+        shards = sorted(str(p) for p in layout.samples.glob("*.parquet"))
+        built = cls.from_shards(shards, _dem_scale(layout), bool(params["shadow"]["enabled"]),
+                                train_params.validation_samples, ("test", "train"), vae, tokenizer, text_encoder,
+                                device, seed=train_params.seed)
+        if len(built.captions) < 2:
+            raise ValueError(f"{layout.samples} holds {len(built.captions)} sample(s): validation needs at least 2")
+        return built
+
+    @classmethod
+    def from_shards(cls, shards: Sequence[str], dem_scale_m: float, shadow: bool, count: int,
+                    splits: Sequence[str], vae, tokenizer, text_encoder, device, seed: int = 0) -> ValidationSet:
+        """Up to ``count`` samples of ``splits`` (in that order, id order within one), encoded once.
+
+        Raises:
+            ValueError: when no sample is found.
+        """
         from components.samples.dataset import TerrainSampleDataset, collate
         from components.training.loss import fixed_validation_noise
 
-        stats_scale = _dem_scale(layout)
-        shards = sorted(str(p) for p in layout.samples.glob("*.parquet"))
-        # Held-out samples first; a small world's test split is topped up with training samples
-        # (the first ones in id order), so the set is never too small to compare captions on.
         items: list[dict] = []
-        for split in ("test", "train"):
-            dataset = TerrainSampleDataset(shards, split, dem_scale_m=stats_scale, seed=train_params.seed,
-                                           shuffle=False, shadow=bool(params["shadow"]["enabled"]),
-                                           augmentation=None, rank=0, world_size=1, shuffle_buffer=0)
-            items += [item for _, item in zip(range(train_params.validation_samples - len(items)), dataset)]
-        if len(items) < 2:
-            raise ValueError(f"{layout.samples} holds {len(items)} sample(s): validation needs at least 2")
+        for split in splits:
+            dataset = TerrainSampleDataset(list(shards), split, dem_scale_m=dem_scale_m, seed=seed, shuffle=False,
+                                           shadow=shadow, augmentation=None, rank=0, world_size=1, shuffle_buffer=0)
+            items += [item for _, item in zip(range(count - len(items)), dataset)]
+        if not items:
+            raise ValueError(f"the {'/'.join(splits)} split(s) of {len(shards)} sample shard(s) hold no sample")
         test_ids = _test_ids(shards)
         held_out = sum(1 for item in items if item["sample_id"] in test_ids)
         split = f"{held_out} test + {len(items) - held_out} train"
@@ -68,7 +81,8 @@ class ValidationSet:
 
     @torch.no_grad()
     def losses(self, unet, scheduler) -> dict[str, float]:
-        """Validation loss with the true captions and with captions shuffled across samples."""
+        """Validation loss with the true captions and with captions shuffled across samples (NaN
+        for the shuffled loss with a single sample: there is no other caption to give it)."""
         from components.model.text import tokenize_prompts
         from components.training.loss import apply_noise, masked_v_loss
 
@@ -86,7 +100,8 @@ class ValidationSet:
         # Every sample gets another's caption, by seeded random derangements: not a roll by one,
         # which pairs neighbouring grid cells whose captions are often the same.
         shuffled = [loss_for([self.captions[j] for j in order]).total.item()
-                    for order in derangements(len(self.captions), SHUFFLES, VALIDATION_SEED)]
+                    for order in derangements(len(self.captions), SHUFFLES, VALIDATION_SEED)
+                    ] if len(self.captions) >= 2 else [float("nan")]
         unet.train(was_training)
         return {"loss": float(true.total), "loss_image": float(true.image), "loss_dem": float(true.dem),
                 "loss_shuffled_captions": sum(shuffled) / len(shuffled)}

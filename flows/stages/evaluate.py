@@ -27,6 +27,7 @@ def evaluate_stage_flow(project_dir: str, model: str | None = None, compare_with
                             EvaluateParams.from_params(params.get("evaluate") or {}),
                             Path(reports_dir) if reports_dir else root / REPORTS_DIR, model,
                             compare_with=others, landform_thresholds=params["captions"].get("landform_thresholds"),
+                            shadow=bool(params["shadow"]["enabled"]),
                             progress=lambda line: print(line, flush=True))
     if reports_dir is None:
         _log_evaluation(root, model, report)

@@ -31,7 +31,12 @@ def test_evaluate_writes_metrics_report_and_grids_for_an_untrained_model(prepare
     out = tmp_path / "reports"
     report = evaluate_stage_flow(str(project), reports_dir=str(out))
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["metrics"]) == set(metric_directions())
+    assert set(metrics["metrics"]) == set(metric_directions()) | {"heldout_denoising_loss"}
+    # The held-out denoising loss of a random model: a real positive number, with its control.
+    assert metrics["metrics"]["heldout_denoising_loss"]["value"] > 0
+    shuffled = metrics["heldout_denoising_loss_shuffled_captions"]  # needs two held-out cells
+    assert (shuffled > 0) if metrics["held_out_cells"] >= 2 else (shuffled is None)
+    assert len(metrics["evaluation_fingerprint"]) == 32
     assert all(m["direction"] in ("higher_is_better", "lower_is_better") for m in metrics["metrics"].values())
     assert metrics["generations"] >= 6 and metrics["seeds"] == [42, 50]
     markdown = (out / "eval.md").read_text()

@@ -56,3 +56,20 @@ def test_generations_cover_every_cell_with_fixed_seeds_and_score(samples):
     assert report["metrics"]["diversity"]["real_reference"] is None  # one sample per real caption: NaN -> null
     assert report["metrics"]["landform_balanced_accuracy"]["direction"] == "higher_is_better"
     json.dumps(report)
+
+
+def test_evaluation_fingerprint_changes_with_the_held_out_set_and_the_settings_only():
+    from types import SimpleNamespace
+
+    from components.evaluation.run import EvaluateParams, evaluation_fingerprint
+
+    rng = np.random.default_rng(0)
+    held_out = SimpleNamespace(rgb=rng.integers(0, 255, (3, 8, 8, 3), dtype=np.uint8),
+                               dem_m=rng.normal(size=(3, 8, 8)).astype(np.float32), captions=["a", "b", "c"])
+    settings = EvaluateParams()
+    first = evaluation_fingerprint(held_out, settings, None, True)
+    assert first == evaluation_fingerprint(held_out, EvaluateParams(), None, True)
+    changed_dem = SimpleNamespace(rgb=held_out.rgb, dem_m=held_out.dem_m + 1.0, captions=held_out.captions)
+    assert evaluation_fingerprint(changed_dem, settings, None, True) != first
+    assert evaluation_fingerprint(held_out, EvaluateParams(steps=10), None, True) != first
+    assert evaluation_fingerprint(held_out, settings, None, False) != first

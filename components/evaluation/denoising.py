@@ -1,0 +1,41 @@
+"""Held-out denoising loss: the training objective on samples the model never saw.
+
+Fixed noises and timesteps (the rule of the training validation set, on the test split only), the
+VAE posterior mean and the cells' full captions: two models evaluated on the same samples get
+directly comparable numbers, with no sampling noise. It is the steadiest signal the promotion gate
+has; the generation metrics say what it cannot (does the terrain look right).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+NAME = "heldout_denoising_loss"
+DIRECTION = "lower_is_better"
+
+
+def heldout_denoising_loss(pipeline, shards: Sequence[str], dem_scale_m: float, shadow: bool,
+                           max_samples: int) -> dict[str, float]:
+    """The masked v-prediction loss of ``pipeline`` on up to ``max_samples`` held-out samples.
+
+    Args:
+        pipeline: a TerrainPipeline (its UNet, VAE, tokenizer and text encoder are used).
+        shards: data/samples/*.parquet.
+        dem_scale_m: stats.json's DEM scale (the DEM normalisation training used).
+        shadow: the image variant the model was trained on (params shadow.enabled).
+        max_samples: cap on the held-out samples (all are encoded in one batch).
+
+    Returns:
+        ``{"heldout_denoising_loss": ..., "heldout_denoising_loss_shuffled_captions": ...}``; NaN
+        for both when the test split is empty, for the shuffled one when it holds one sample.
+    """
+    from components.model.factories import training_scheduler
+    from components.training.validation import ValidationSet
+
+    try:
+        held_out = ValidationSet.from_shards(shards, dem_scale_m, shadow, max_samples, ("test",), pipeline.vae,
+                                             pipeline.tokenizer, pipeline.text_encoder, pipeline.device)
+    except ValueError:
+        return {NAME: math.nan, f"{NAME}_shuffled_captions": math.nan}
+    losses = held_out.losses(pipeline.unet, training_scheduler())
+    return {NAME: losses["loss"], f"{NAME}_shuffled_captions": losses["loss_shuffled_captions"]}

@@ -1,0 +1,492 @@
+"""`mesa ablation`: shadow correction x caption dropout as DVC experiments, compared in MLflow.
+
+Every variant of the matrix in params.yaml ``ablation`` (shadow.enabled x
+captions.augmentation.caption_dropout) is one ``dvc exp run --temp -n VARIANT -S ...``: DVC runs the
+pipeline in a temporary copy of the repository (stages whose inputs did not change come back from
+its run cache; train and evaluate run), records the experiment under the current commit and leaves
+the workspace, params.yaml included, as it was. Each variant is a Prefect task whose log streams
+the experiment's output; the stage flows inside report to the same Prefect API as its subflows.
+
+MLflow holds the comparison: one parent run in experiment ``ablation.experiment`` and, nested under
+it, the training run of every variant (tags ``mesa.variant``, ``mesa.shadow``,
+``mesa.caption_dropout``; the evaluate stage logs ``eval/*`` onto it). At the end the flow writes
+``reports/ablation.md`` and ``reports/ablation.json`` (every metric of reports/metrics.json per
+variant, plus the training validation loss), logs the table to the parent run (``log_table``) and
+draws the shadow-correction grid (paper Table 4: shadow on vs off, caption dropout on) into
+``reports/ablation/``.
+
+A rerun skips each variant DVC already has for the current commit (same name, same params) whose
+training run MLflow still holds; an uncommitted change to tracked files reruns every variant
+(DVC would bake it into the experiment, so the old one no longer matches). The flow never touches
+the model registry: ablation models are compared, not promoted.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from prefect import flow, get_run_logger, task
+from prefect.runtime import task_run
+
+SHADOW_KEY = "shadow.enabled"
+DROPOUT_KEY = "captions.augmentation.caption_dropout"
+EXPERIMENT_KEY = "train.experiment"
+PARENT_ENV = "MESA_MLFLOW_PARENT_RUN_ID"
+TAGS_ENV = "MESA_MLFLOW_RUN_TAGS"
+BASELINE_TAG = "mesa.ablation.baseline"
+VALIDATION_METRIC = "val/loss"  # the training loop's fixed held-out validation loss (last value)
+REPORT_MD = Path("reports/ablation.md")
+REPORT_JSON = Path("reports/ablation.json")
+GRID_DIR = Path("reports/ablation")
+GRID_NAME = "shadow_correction"
+
+
+class VariantFailed(RuntimeError):
+    """`dvc exp run` of one variant exited non-zero; the message names it and ends with its last output."""
+
+
+# ----------------------------------------------------------------------------- the matrix
+@dataclass(frozen=True)
+class Variant:
+    """One cell of the matrix.
+
+    Attributes:
+        shadow (bool): train on the shadow-corrected image (params ``shadow.enabled``).
+        caption_dropout (bool): drop caption descriptors as in the paper
+            (``captions.augmentation.caption_dropout``).
+    """
+
+    shadow: bool
+    caption_dropout: bool
+
+    @property
+    def name(self) -> str:
+        """The DVC experiment name and MLflow ``mesa.variant`` tag, e.g. ``shadow-on_dropout-off``."""
+        return f"shadow-{_on(self.shadow)}_dropout-{_on(self.caption_dropout)}"
+
+    def overrides(self, experiment: str) -> dict[str, Any]:
+        """The params this variant sets (``dvc exp run -S``); training logs into the ablation's experiment."""
+        return {SHADOW_KEY: self.shadow, DROPOUT_KEY: self.caption_dropout, EXPERIMENT_KEY: experiment}
+
+    def tags(self) -> dict[str, str]:
+        """MLflow tags of its training run."""
+        return {"mesa.variant": self.name, "mesa.shadow": _on(self.shadow),
+                "mesa.caption_dropout": _on(self.caption_dropout)}
+
+
+def _on(value: bool) -> str:
+    return "on" if value else "off"
+
+
+def matrix(settings: dict[str, Any]) -> list[Variant]:
+    """Every (shadow, caption_dropout) pair of params.yaml ``ablation``, shadow-major.
+
+    Args:
+        settings (dict): the ``ablation`` group: ``shadow`` and ``caption_dropout`` (lists of booleans).
+
+    Raises:
+        ValueError: when a factor is missing, empty, or holds something other than true / false.
+    """
+    factors = {}
+    for key in ("shadow", "caption_dropout"):
+        values = settings.get(key)
+        if not isinstance(values, list) or not values or not all(isinstance(v, bool) for v in values):
+            raise ValueError(f"params.yaml ablation.{key} must be a non-empty list of true/false, got {values!r}")
+        factors[key] = list(dict.fromkeys(values))
+    return [Variant(s, d) for s, d in itertools.product(factors["shadow"], factors["caption_dropout"])]
+
+
+def expected_params(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """params.yaml as a variant runs it: the workspace's params with the dotted overrides set."""
+    result = copy.deepcopy(params)
+    for dotted, value in overrides.items():
+        node = result
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return result
+
+
+def _yaml_value(value: Any) -> str:
+    """A value as `dvc exp run -S key=VALUE` parses it back (YAML)."""
+    return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+# ----------------------------------------------------------------------------- DVC
+def _python_tool(*args: str) -> list[str]:
+    """A DVC command from this interpreter's environment (also when `mesa` runs without an active venv)."""
+    return [sys.executable, "-m", "dvc", *args]
+
+
+def dvc_experiments(project_dir: Path, baseline: str) -> dict[str, dict[str, Any]]:
+    """The DVC experiments of commit `baseline`: name -> {"rev", "params"} (params.yaml as the experiment ran it).
+
+    Failed or queued experiments are left out (DVC records no result for them).
+    """
+    done = subprocess.run(_python_tool("exp", "show", "--json"), cwd=project_dir, capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"`dvc exp show --json` failed in {project_dir} (exit {done.returncode}):\n{done.stderr}")
+    found = {}
+    for row in json.loads(done.stdout or "[]"):
+        if row.get("rev") != baseline:
+            continue
+        for experiment in row.get("experiments") or []:
+            revs = experiment.get("revs") or []
+            if not revs or experiment.get("executor") or revs[0].get("error"):
+                continue
+            data = revs[0].get("data") or {}
+            params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
+            found[experiment.get("name") or revs[0].get("name")] = {"rev": revs[0]["rev"], "params": params}
+    return found
+
+
+# ----------------------------------------------------------------------------- MLflow
+def variant_runs(client: Any, experiment_id: str, variant: Variant, baseline: str) -> list[Any]:
+    """Finished training runs of `variant` from commit `baseline`, newest first."""
+    query = (f"tags.`mesa.variant` = '{variant.name}' and tags.`{BASELINE_TAG}` = '{baseline}' "
+             "and attributes.status = 'FINISHED'")
+    return list(client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=50))
+
+
+def evaluation_of(client: Any, run: Any) -> dict[str, Any] | None:
+    """The reports/metrics.json the evaluate stage logged onto `run` (artifact evaluation/metrics.json), or None."""
+    import tempfile
+
+    import mlflow.artifacts
+
+    if not any(f.path == "evaluation/metrics.json" for f in client.list_artifacts(run.info.run_id, "evaluation")):
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="evaluation/metrics.json",
+                                                   dst_path=folder, tracking_uri=client.tracking_uri)
+        return json.loads(Path(path).read_text())
+
+
+def evaluated_run(client: Any, experiment_id: str, variant: Variant, baseline: str) -> tuple[Any, dict] | None:
+    """(run, its metrics.json) of the newest finished, evaluated training run of `variant`, or None.
+
+    A retrained variant whose model came out bit-identical gets its evaluate stage back from DVC's
+    run cache, which logs nothing: the older run evaluated the same model, so it answers.
+    """
+    for run in variant_runs(client, experiment_id, variant, baseline):
+        report = evaluation_of(client, run)
+        if report is not None:
+            return run, report
+    return None
+
+
+def model_uri_of(client: Any, run: Any) -> str:
+    """The URI of the pipeline model the training run logged (``models:/<id>``, else ``runs:/<id>/pipeline``)."""
+    found = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'",
+                                        max_results=1)
+    return f"models:/{found[0].model_id}" if found else f"runs:/{run.info.run_id}/pipeline"
+
+
+# ----------------------------------------------------------------------------- the table
+def comparison_rows(entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """One flat row per variant and the direction of every metric column.
+
+    Args:
+        entries: per variant {"variant", "shadow", "caption_dropout", "run_id", "metrics":
+            metrics.json's ``metrics``, "validation_loss"}.
+
+    Returns:
+        (rows, directions): rows with the variant's factors, every metric value and the validation
+        loss; directions map each metric column to higher_is_better / lower_is_better.
+    """
+    directions: dict[str, str] = {}
+    for entry in entries:
+        for name, metric in (entry.get("metrics") or {}).items():
+            directions.setdefault(name, metric.get("direction", ""))
+    directions["validation_loss"] = "lower_is_better"
+    rows = []
+    for entry in entries:
+        row = {"variant": entry["variant"], "shadow_correction": _on(entry["shadow"]),
+               "caption_dropout": _on(entry["caption_dropout"])}
+        for name in directions:
+            metric = (entry.get("metrics") or {}).get(name) or {}
+            row[name] = entry.get("validation_loss") if name == "validation_loss" else metric.get("value")
+        row["run_id"] = entry.get("run_id")
+        rows.append(row)
+    return rows, directions
+
+
+def _best(rows: list[dict[str, Any]], name: str, direction: str) -> float | None:
+    values = [r[name] for r in rows if isinstance(r.get(name), (int, float))]
+    if len(values) < 2 or direction not in ("higher_is_better", "lower_is_better"):
+        return None
+    return max(values) if direction == "higher_is_better" else min(values)
+
+
+def markdown_table(rows: list[dict[str, Any]], directions: dict[str, str], reference: dict[str, Any],
+                   header: dict[str, str], grid: str | None) -> str:
+    """reports/ablation.md: one row per variant, one column per metric (with its direction, best in bold)."""
+    arrows = {"higher_is_better": "higher is better", "lower_is_better": "lower is better"}
+    columns = ["variant", "shadow correction", "caption dropout"]
+    columns += [f"{name} ({arrows.get(d, d or 'no direction')})" for name, d in directions.items()] + ["MLflow run"]
+    lines = ["# Ablation: shadow correction x caption dropout", ""]
+    lines += [f"- {key}: {value}" for key, value in header.items()]
+    lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    best = {name: _best(rows, name, d) for name, d in directions.items()}
+    for row in rows:
+        cells = [row["variant"], row["shadow_correction"], row["caption_dropout"]]
+        for name in directions:
+            value = row.get(name)
+            text = "n/a" if value is None else f"{value:.4g}"
+            cells.append(f"**{text}**" if value is not None and value == best[name] else text)
+        cells.append(f"`{row['run_id']}`" if row.get("run_id") else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", ("Bold: the best value of its column. n/a: the metric could not be computed for that model "
+                   "(e.g. too few held-out cells) or the variant has no evaluated MLflow run.")]
+    if reference:
+        values = ", ".join(f"{k} {v:.4g}" for k, v in reference.items())
+        lines += ["", (f"Real reference (held-out real cells scored against the training cells, the value a "
+                       f"perfect model would reach): {values}.")]
+    if grid:
+        lines += ["", "## Shadow correction side by side (caption dropout on; paper Table 4)", "",
+                  f"![shadow correction grid]({grid})"]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- the grid
+def shadow_grid(project_dir: Path, params: dict[str, Any], models: dict[str, str]) -> Path:
+    """Draw the Table 4 captions with each model in `models` (label -> MLflow URI) side by side.
+
+    Writes ``reports/ablation/shadow_correction.png`` and its layout manifest (``.json`` beside it,
+    with ``models``: label -> URI). When both already exist for the same models they are kept.
+    """
+    from components.atomic import atomic_write, write_json_atomic
+    from components.evaluation import grids
+    from components.evaluation.run import EvaluateParams
+    from components.tracking.models import load_pipeline
+
+    png, manifest = project_dir / GRID_DIR / f"{GRID_NAME}.png", project_dir / GRID_DIR / f"{GRID_NAME}.json"
+    if png.exists() and manifest.exists() and json.loads(manifest.read_text()).get("models") == models:
+        return png
+    settings = EvaluateParams.from_params(params.get("evaluate") or {})
+    prepare = params["prepare"]
+    pixel = float(prepare["footprint_px"]) * 10.0 / float(prepare["image_px"])  # metres (10 m Sentinel-2 pixels)
+    generators = {label: grids.pipeline_generate(load_pipeline(uri, project_dir), settings.steps, settings.guidance)
+                  for label, uri in models.items()}
+    image, layout = grids.model_comparison_grid(generators, grids.TABLE4_CAPTIONS, settings.seeds[0],
+                                                pixel_size_m=pixel,
+                                                title="Shadow correction: on vs off (caption dropout on)")
+    atomic_write(png, lambda tmp: image.save(tmp, format="PNG"))
+    write_json_atomic(manifest, {**layout.to_dict(), "models": models})
+    return png
+
+
+# ----------------------------------------------------------------------------- Prefect
+@task(task_run_name="variant {variant.name}")
+def run_variant(variant: Variant, project_dir: str, experiment: str, parent_run_id: str, uri: str,
+                baseline: str) -> dict[str, Any]:
+    """`dvc exp run --temp -n VARIANT -S ...` in `project_dir`, streaming its output to the Prefect log."""
+    from flows.prefect_api import stage_process_env
+    from flows.retrain import current_api_url
+
+    logger = get_run_logger()
+    command = _python_tool("exp", "run", "--temp", "-n", variant.name)
+    for key, value in variant.overrides(experiment).items():
+        command += ["-S", f"{key}={_yaml_value(value)}"]
+    env = stage_process_env(current_api_url(), task_run.id)
+    # The temporary copy has no mlruns.db: point every run at the project's store, under the parent.
+    env.update({"MLFLOW_TRACKING_URI": uri, PARENT_ENV: parent_run_id,
+                TAGS_ENV: json.dumps({**variant.tags(), BASELINE_TAG: baseline, "mlflow.runName": variant.name})})
+    env.pop("MLFLOW_RUN_ID", None)  # a run id from the caller's shell would hijack the training run
+    logger.info("[%s] %s", variant.name, " ".join(command[1:]))
+    started = time.perf_counter()
+    tail: deque[str] = deque(maxlen=40)
+    with subprocess.Popen(command, cwd=project_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line:
+                tail.append(line)
+                logger.info("[%s] %s", variant.name, line)
+    if proc.returncode != 0:
+        raise VariantFailed(f"ablation variant {variant.name!r} failed (dvc exp run exit {proc.returncode}); "
+                            f"DVC kept no experiment for it, so a rerun runs it again. Last output:\n"
+                            + "\n".join(tail))
+    return {"variant": variant.name, "ran": True, "seconds": round(time.perf_counter() - started, 1)}
+
+
+@flow(name="ablation", log_prints=True)
+def ablation_flow(project_dir: str) -> dict[str, Any]:
+    """Run the ablation matrix as DVC experiments under one MLflow parent run; write and log the comparison.
+
+    Args:
+        project_dir (str): the project (a git repository with at least one commit: DVC
+            experiments are recorded against the checked-out commit).
+
+    Returns:
+        dict: what reports/ablation.json holds (parent run, variants with ran/skipped, run ids,
+        model URIs and metrics, the grid).
+    """
+    from mlflow import MlflowClient
+
+    from components.atomic import atomic_write, write_json_atomic
+    from components.params import load_params
+    from components.tracking.lineage import git_state
+    from components.tracking.runs import ensure_experiment, tracking_uri
+
+    # 1. The matrix, the baseline commit and the parent run.
+    root = Path(project_dir).resolve()
+    params = load_params(root)
+    settings = params.get("ablation") or {}
+    variants = matrix(settings)
+    experiment = str(settings.get("experiment") or "mesa-ablation")
+    commit, dirty = git_state(root)
+    if commit == "unknown":
+        raise RuntimeError(f"{root} is not a git repository with a commit: DVC experiments are recorded against "
+                           "the checked-out commit (git init, git add, git commit first)")
+    uri = tracking_uri(root)
+    client = MlflowClient(uri)
+    # Created here with the project's artifact folder: created by a training run inside DVC's
+    # temporary copy, its artifacts would land in that copy and vanish with it.
+    experiment_id = ensure_experiment(client, experiment, root)
+    names = [v.name for v in variants]
+    parent = client.create_run(experiment_id, run_name=f"ablation-{commit[:7]}", tags={
+        "mesa.git_commit": commit, "mesa.git_dirty": dirty, BASELINE_TAG: commit,
+        "mesa.ablation.matrix": json.dumps({v.name: {"shadow": v.shadow, "caption_dropout": v.caption_dropout}
+                                            for v in variants}),
+        "mlflow.note.content": f"Ablation of {', '.join(names)} at commit {commit[:7]}; the variants' training "
+                               "runs are nested below; the comparison is under Artifacts (ablation/).",
+    })
+    parent_id = parent.info.run_id
+    client.log_batch(parent_id, params=[_param(f"ablation.{k}", settings.get(k)) for k in ("shadow", "caption_dropout")])
+    print(f"[ablation] {len(variants)} variants at commit {commit[:7]}; MLflow parent run {parent_id} "
+          f"(experiment {experiment!r}, {uri})")
+    try:
+        # 2. Each variant as a DVC experiment, unless DVC and MLflow already hold it.
+        known = dvc_experiments(root, commit)
+        outcomes = {}
+        for variant in variants:
+            wanted = expected_params(params, variant.overrides(experiment))
+            have = known.get(variant.name)
+            held = evaluated_run(client, experiment_id, variant, commit) if have else None
+            if have and dirty == "false" and have["params"] == wanted and held is not None:
+                print(f"[ablation] {variant.name}: DVC has it (experiment {have['rev'][:7]}), run "
+                      f"{held[0].info.run_id}; skipped")
+                outcomes[variant.name] = {"variant": variant.name, "ran": False, "seconds": 0.0}
+                continue
+            if have:
+                why = "uncommitted changes" if dirty != "false" else ("its params differ" if have["params"] != wanted
+                                                                       else "MLflow has no evaluated run of it")
+                print(f"[ablation] {variant.name}: replacing the DVC experiment of the same name ({why})")
+                subprocess.run(_python_tool("exp", "remove", variant.name), cwd=root, check=True,
+                               capture_output=True, text=True)
+            outcomes[variant.name] = run_variant(variant, str(root), experiment, parent_id, uri, commit)
+
+        # 3. Collect every variant's evaluation and validation loss from its training run.
+        entries, reference = [], {}
+        for variant in variants:
+            held = evaluated_run(client, experiment_id, variant, commit)
+            entry = {"variant": variant.name, "shadow": variant.shadow, "caption_dropout": variant.caption_dropout,
+                     **outcomes[variant.name], "run_id": None, "model_uri": None, "metrics": {},
+                     "validation_loss": None}
+            if held is None:
+                print(f"[ablation] {variant.name}: no finished, evaluated training run in MLflow; its row stays empty")
+            else:
+                run, report = held
+                entry.update(run_id=run.info.run_id, model_uri=model_uri_of(client, run), metrics=report["metrics"],
+                             validation_loss=run.data.metrics.get(VALIDATION_METRIC))
+                for name, metric in report["metrics"].items():
+                    if metric.get("real_reference") is not None:
+                        reference.setdefault(name, metric["real_reference"])
+            entries.append(entry)
+        rows, directions = comparison_rows(entries)
+
+        # 4. The side-by-side shadow-correction grid (caption dropout on, when the matrix has it).
+        grid = None
+        dropout = any(v.caption_dropout for v in variants)
+        pair = {v.shadow: e for v, e in zip(variants, entries) if v.caption_dropout == dropout and e["model_uri"]}
+        if True in pair and False in pair:
+            models = {f"{pair[s]['variant']} ({'w/' if s else 'wo/'} shadow correction)": pair[s]["model_uri"]
+                      for s in (True, False)}
+            print(f"[ablation] drawing the shadow-correction grid: {', '.join(models)}")
+            grid = shadow_grid(root, params, models)
+        else:
+            print("[ablation] no shadow-correction grid: the matrix lacks an evaluated shadow on/off pair")
+
+        # 5. Reports, and the same table on the parent run.
+        header = {"baseline commit": f"`{commit}`" + (" (with uncommitted changes)" if dirty == "true" else ""),
+                  "MLflow experiment": f"`{experiment}`", "parent run": f"`{parent_id}`",
+                  "variants": ", ".join(f"{e['variant']} ({'trained' if e['ran'] else 'already in DVC'})"
+                                        for e in entries)}
+        grid_link = str(grid.relative_to(root / REPORT_MD.parent)) if grid else None
+        atomic_write(root / REPORT_MD, lambda tmp: Path(tmp).write_text(
+            markdown_table(rows, directions, reference, header, grid_link)))
+        summary = {"experiment": experiment, "parent_run_id": parent_id, "baseline_commit": commit,
+                   "git_dirty": dirty, "directions": directions, "rows": rows, "real_reference": reference,
+                   "variants": entries, "grid": str(grid.relative_to(root)) if grid else None}
+        write_json_atomic(root / REPORT_JSON, summary)
+        client.log_table(parent_id, data={key: [row.get(key) for row in rows] for key in rows[0]},
+                         artifact_file="ablation/comparison.json")
+        for path in (REPORT_MD, REPORT_JSON):
+            client.log_artifact(parent_id, str(root / path), "ablation")
+        if grid:
+            client.log_artifact(parent_id, str(grid), "ablation")
+            client.log_artifact(parent_id, str(grid.with_suffix(".json")), "ablation")
+        client.set_tag(parent_id, "mesa.ablation.runs", json.dumps({e["variant"]: e["run_id"] for e in entries}))
+    except BaseException:
+        client.set_terminated(parent_id, "FAILED")
+        raise
+    client.set_terminated(parent_id, "FINISHED")
+    print(f"[ablation] wrote {REPORT_MD} and {REPORT_JSON}; logged to MLflow run {parent_id}")
+    return summary
+
+
+def _param(key: str, value: Any):
+    from mlflow.entities import Param
+
+    return Param(key, json.dumps(value))
+
+
+# ----------------------------------------------------------------------------- CLI
+def ablation_command(
+    project: Annotated[Path | None, typer.Option(help="Project folder (default: the one holding params.yaml, "
+                                                         "searched upwards from here).")] = None,
+) -> None:
+    """The shadow correction x caption dropout matrix (params.yaml `ablation`) as DVC experiments, compared in MLflow.
+
+    Each variant runs as `dvc exp run --temp` (the workspace and params.yaml stay as they are); a
+    rerun skips the variants DVC already has for this commit. Writes reports/ablation.md and
+    reports/ablation.json, and the shadow-correction grid into reports/ablation/.
+    """
+    from flows.prefect_api import owned_prefect_api
+    from flows.settings import project_root
+
+    root = project_root(project)
+    started = time.perf_counter()
+    with owned_prefect_api() as api_url:
+        typer.echo(f"Prefect API for this run: {api_url}")
+        try:
+            summary = ablation_flow(project_dir=str(root))
+        except VariantFailed as failure:
+            raise SystemExit(f"\nThe ablation stopped: {failure}\nFix the cause and rerun; finished variants are kept.")
+    typer.echo("\nVariants:")
+    for entry in summary["variants"]:
+        state = "trained" if entry["ran"] else "already in DVC, skipped"
+        typer.echo(f"  {entry['variant']:22s} {state:24s} MLflow run {entry['run_id']}")
+    typer.echo(f"\nDone in {time.perf_counter() - started:.0f} s. Comparison: {root / REPORT_MD} "
+               f"(and {REPORT_JSON.name}); grid: {summary['grid'] or 'none'}; MLflow parent run "
+               f"{summary['parent_run_id']} in experiment {summary['experiment']!r} (`mlflow ui --backend-store-uri "
+               f"{_ui_store(root)}`); DVC: `dvc exp show`.")
+
+
+def _ui_store(root: Path) -> str:
+    from components.tracking.runs import tracking_uri
+
+    return tracking_uri(root)

@@ -1,0 +1,207 @@
+"""`mesa deploy`: deployments that run when triggered, served by `mesa deploy` or run by a process worker.
+
+Real Prefect (the test harness server), real DVC in fresh git repositories, real subprocesses
+(`mesa deploy`, `prefect deploy`, `prefect worker start`).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.params import apply_profile, load_params
+from tests.conftest import PROJECT_ROOT
+
+PROJECT_FILES = ["params.yaml", "dvc.yaml", "prefect.yaml", "configs", "components", "flows", "infra",
+                 ".dvc/config", ".dvcignore", ".gitignore"]
+BIN = Path(sys.executable).parent
+RETRAIN = "retrain/mesa-retrain"
+SERVED = ("retrain",)  # DEV ONLY
+
+
+def make_project(root: Path) -> Path:
+    """A copy of the project in a fresh git repo, on the micro profile."""
+    for name in PROJECT_FILES:
+        source = PROJECT_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, root / name)
+    apply_profile("micro", root)
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+        subprocess.run(command, cwd=root, check=True, capture_output=True, text=True)
+    return root
+
+
+def process_env(api_url: str) -> dict[str, str]:
+    """The tests' environment for a subprocess on the harness server, polling often (runs start fast)."""
+    return dict(os.environ, PREFECT_API_URL=api_url, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                PREFECT_RUNNER_POLL_FREQUENCY="1", PREFECT_WORKER_QUERY_SECONDS="1",
+                PREFECT_WORKER_HEARTBEAT_SECONDS="5")
+
+
+@contextlib.contextmanager
+def background(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """Run `command` in the background; on exit interrupt it (Ctrl-C) and wait for it to stop."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_for(check, what: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0):
+    """Poll `check()` until it returns something truthy; fail with the subprocess's output otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if proc.poll() is not None:
+            pytest.fail(f"{what}: the process exited with {proc.returncode}. Output:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f} s. Output so far:\n{log.read_text()}")
+        time.sleep(0.5)
+
+
+def read_deployment(name: str, project: Path):
+    """The deployment `name` once it is registered for `project` (other tests register the same names)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return None
+    return deployment if deployment.parameters.get("project_dir") == str(project) else None
+
+
+def trigger_synth(project: Path, timeout: float = 300.0):
+    """Run the retrain deployment on the synth stage only; return the finished flow run."""
+    from prefect.deployments import run_deployment
+
+    return run_deployment(name=RETRAIN, parameters={"project_dir": str(project), "stages": ["synth"]},
+                          timeout=timeout)
+
+
+def assert_synth_ran(run, project: Path, log: Path) -> None:
+    assert run.state is not None and run.state.is_completed(), (
+        f"flow run {run.name} ended {run.state}; process output:\n{log.read_text()}")
+    assert (project / "data/raw/s2l2a/metadata.parquet").exists()
+    assert (project / "reports/synth.json").exists()
+
+
+def test_prefect_yaml_matches_the_deployment_definitions():
+    from flows.deploy import deployment_specs
+
+    spec_file = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
+    declared = {d["name"]: d for d in spec_file["deployments"]}
+    specs = deployment_specs(PROJECT_ROOT)
+    params = load_params(PROJECT_ROOT)["deploy"]
+
+    assert sorted(declared) == sorted(s.name for s in specs) == ["mesa-ablation", "mesa-promote", "mesa-retrain"]
+    for spec in specs:
+        entry = declared[spec.name]
+        assert entry["entrypoint"] == spec.entrypoint
+        assert entry["work_pool"]["name"] == spec.work_pool == params["work_pool"]
+        assert entry["parameters"] == {"project_dir": "{{ prefect.variables.mesa_project_dir }}"}
+        # Each entrypoint names a Prefect flow with the spec's flow name (deployments are <flow>/<name>).
+        path, _, function = spec.entrypoint.partition(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        assert getattr(module, function).name == spec.flow_name
+        schedules = entry["schedules"]
+        if spec.cron:
+            assert [(s["cron"], s["timezone"]) for s in schedules] == [(spec.cron, spec.timezone)]
+        else:
+            assert schedules == []
+    retrain = next(s for s in specs if s.flow_name == "retrain")
+    assert (retrain.cron, retrain.timezone) == (params["retrain_cron"], params["timezone"])
+    assert spec_file["pull"] == [{"prefect.deployments.steps.set_working_directory": {
+        "directory": "{{ prefect.variables.mesa_project_dir }}"}}]
+
+
+def test_deployment_specs_follow_params():
+    from flows.deploy import deployment_specs
+
+    params = load_params(PROJECT_ROOT)
+    params["deploy"] = {"retrain_cron": "30 1 * * *", "timezone": "Europe/Zurich", "work_pool": "gpu"}
+    specs = {s.flow_name: s for s in deployment_specs("/srv/mesa", params, flows=["retrain", "promote"])}
+    assert sorted(specs) == ["promote", "retrain"]
+    assert (specs["retrain"].cron, specs["retrain"].timezone) == ("30 1 * * *", "Europe/Zurich")
+    assert specs["promote"].cron is None and specs["promote"].work_pool == "gpu"
+    assert specs["retrain"].parameters == {"project_dir": str(Path("/srv/mesa").resolve())}
+    params["deploy"]["retrain_cron"] = "weekly"
+    with pytest.raises(ValueError, match=r"deploy.retrain_cron 'weekly' is not a cron expression"):
+        deployment_specs("/srv/mesa", params)
+
+
+def test_served_deployments_run_when_triggered(prefect_api, tmp_path):
+    project = make_project(tmp_path / "project")
+    log = tmp_path / "mesa-deploy.log"
+    command = [str(BIN / "mesa"), "deploy", *(f"--flow={name}" for name in SERVED)]
+    with background(command, project, process_env(prefect_api), log) as served:
+        retrain = wait_for(lambda: read_deployment(RETRAIN, project), "the served deployments", served, log)
+        for name in (f"{flow}/mesa-{flow}" for flow in SERVED if flow != "retrain"):
+            assert wait_for(lambda n=name: read_deployment(n, project), name, served, log).schedules == []
+        params = load_params(project)["deploy"]
+        [schedule] = retrain.schedules
+        assert (schedule.schedule.cron, schedule.schedule.timezone) == (params["retrain_cron"], params["timezone"])
+        assert schedule.active
+
+        run = trigger_synth(project)
+        assert_synth_ran(run, project, log)
+    assert served.returncode == 0, log.read_text()
+    assert "Stopped serving" in log.read_text()
+
+
+def test_a_process_worker_runs_the_work_pool_deployment(prefect_api, tmp_path):
+    project = make_project(tmp_path / "project")
+    env = process_env(prefect_api)
+
+    # `mesa deploy --pool`: registered for the pool, the project folder as the pull step.
+    done = subprocess.run([str(BIN / "mesa"), "deploy", "--pool", "--flow", "retrain"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "prefect worker start --pool mesa-process" in done.stdout
+    deployment = read_deployment(RETRAIN, project)
+    assert deployment is not None and deployment.work_pool_name == "mesa-process"
+    assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {
+        "directory": str(project)}}]
+
+    # prefect.yaml (`prefect deploy`): the same deployment; the folder comes from a Prefect variable.
+    for command in (["prefect", "variable", "set", "mesa_project_dir", str(project), "--overwrite"],
+                    ["prefect", "--no-prompt", "deploy", "--name", "mesa-retrain"]):
+        done = subprocess.run([str(BIN / command[0]), *command[1:]], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+    deployment = read_deployment(RETRAIN, project)
+    assert deployment is not None and deployment.work_pool_name == "mesa-process"
+    assert deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == (
+        "{{ prefect.variables.mesa_project_dir }}")
+    assert deployment.schedules[0].schedule.cron == load_params(project)["deploy"]["retrain_cron"]
+
+    log = tmp_path / "worker.log"
+    worker = [str(BIN / "prefect"), "worker", "start", "--pool", "mesa-process", "--type", "process"]
+    with background(worker, tmp_path, env, log):
+        run = trigger_synth(project)
+        assert_synth_ran(run, project, log)
