@@ -92,7 +92,12 @@ def serve(model: str = DEFAULT_MODEL, host: str = "127.0.0.1", port: int = 5001,
             typer.echo(f"WARNING: listening on {host}, not loopback: anyone who reaches this machine can "
                        "generate, without authentication or TLS. Put a reverse proxy with both in front "
                        "(docs/serving.md).", err=True)
-        what = describe_model(model, uri)
+        try:
+            what = describe_model(model, uri)
+        except ServeError:
+            raise
+        except Exception as err:  # e.g. a team tracking server that does not answer
+            raise ServeError(f"could not look up {model} in {_display_uri(uri)}: {err}") from err
         typer.echo(f"loading {what} from {_display_uri(uri)} ...", err=True)
         # 3. Load once; MLflow's app reads its request timeout from the environment in init.
         pyfunc_model = load_served_model(model, uri)

@@ -60,6 +60,9 @@ class TerrainPyfuncModel(mlflow.pyfunc.PythonModel):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.pipeline = TerrainPipeline.from_pretrained(context.artifacts["pipeline"], device=device)
         self.pipeline.set_progress_bar_config(disable=True)
+        # Servers call predict from several threads; the pipeline's scheduler holds per-call state
+        # (set_timesteps), so calls take turns. Made here: a lock cannot be pickled with the model.
+        self._calls = threading.Lock()
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Generate one RGB image and one DEM per input row.
@@ -78,11 +81,12 @@ class TerrainPyfuncModel(mlflow.pyfunc.PythonModel):
         results: list[dict[str, Any] | None] = [None] * len(requests)
         # One pipeline call per (steps, guidance) group: rows that share settings share a batch.
         for (steps, guidance), indices in group_requests(requests).items():
-            out = self.pipeline(
-                prompt=[requests[i]["prompt"] for i in indices],
-                seed=[requests[i]["seed"] for i in indices],
-                num_inference_steps=steps, guidance_scale=guidance,
-            )
+            with self._calls:
+                out = self.pipeline(
+                    prompt=[requests[i]["prompt"] for i in indices],
+                    seed=[requests[i]["seed"] for i in indices],
+                    num_inference_steps=steps, guidance_scale=guidance,
+                )
             for j, i in enumerate(indices):
                 results[i] = {"prompt": requests[i]["prompt"], "seed": requests[i]["seed"],
                               "rgb": out.rgb[j], "dem_m": out.dem_m[j]}
