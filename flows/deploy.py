@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -182,6 +181,10 @@ def _use_api(api_url: str) -> Iterator[str]:
             os.environ["PREFECT_API_URL"] = previous
 
 
+def _port_option(port: int) -> str:
+    return "" if port == LOCAL_PORT else f" --port {port}"
+
+
 @contextlib.contextmanager
 def deployment_api(start_local: bool, port: int = LOCAL_PORT, log_dir: Path | None = None,
                    startup_timeout: float = 120.0) -> Iterator[str]:
@@ -213,8 +216,8 @@ def deployment_api(start_local: bool, port: int = LOCAL_PORT, log_dir: Path | No
     if not start_local:
         raise NoPrefectServer(
             "no Prefect server to register the deployments on: PREFECT_API_URL is not set and nothing answers "
-            f"at {local}. Start one in another shell (`prefect server start`) and rerun, or set PREFECT_API_URL "
-            "to the team server (http://HOST:4200/api).")
+            f"at {local}. Start one in another shell (`prefect server start{_port_option(port)}`) and rerun, "
+            "or set PREFECT_API_URL to the team server (http://HOST:4200/api).")
     log_path = (log_dir or Path.cwd()) / "prefect-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"No Prefect server set or running: starting one at {local} (log: {log_path})", flush=True)
@@ -248,16 +251,9 @@ def serve_deployments(deployments: list[Any], limit: int | None = None) -> None:
     """Register `deployments` (from `runner_deployments`) and run their flow runs here until interrupted."""
     from prefect import serve
 
-    # `kill PID` (SIGTERM) stops it as cleanly as Ctrl-C: serve pauses the schedules and returns.
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        serve(*deployments, limit=limit, print_starting_message=False)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    # Ctrl-C and `kill PID` (SIGTERM) both end it cleanly: the runner pauses the schedules and returns;
+    # the next serve (or deploy) of the same names unpauses them.
+    serve(*deployments, limit=limit, print_starting_message=False)
 
 
 def deploy_to_work_pool(deployments: list[Any], work_pool: str) -> list[str]:
@@ -333,7 +329,8 @@ def deploy_command(
         deployments = runner_deployments(root, specs)  # no server needed yet: fail early on a missing flow
         to_pool = pool or work_pool is not None
         pool_name = work_pool or specs[0].work_pool
-        with deployment_api(start_local=not to_pool, port=server_port, log_dir=root / ".prefect") as api_url:
+        home = Path(os.environ.get("PREFECT_HOME", root / ".prefect"))  # the started server's database and log
+        with deployment_api(start_local=not to_pool, port=server_port, log_dir=home) as api_url:
             if to_pool:
                 deploy_to_work_pool(deployments, pool_name)
                 typer.echo(f"Registered on {api_url} for the work pool {pool_name!r}:\n{_describe(specs, api_url)}")
