@@ -108,3 +108,30 @@ def test_an_all_cloud_footprint_is_rejected_with_a_reason(prepared, tmp_path):
     samples, rejected = prepare_cells(index, pd.DataFrame({"grid_cell": []}), {c: "train" for c in index["grid_cell"]},
                                       settings)
     assert samples == [] and [r["reason"] for r in rejected] == ["all_masked", "all_masked"]
+
+
+def test_prepare_on_a_local_dask_cluster_writes_the_same_bytes(prepared_project, tmp_path):
+    """prefect-dask on a real LocalCluster of 2 worker processes: byte-identical shards."""
+    import shutil
+
+    import yaml
+
+    from flows.stages import run_stage
+
+    project, _ = prepared_project
+    clone = tmp_path / "dask-project"
+    clone.mkdir()
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(project / name, clone / name)
+    (clone / "data").mkdir()
+    for name in ("raw", "curated", "captions"):
+        (clone / "data" / name).symlink_to((project / "data" / name).resolve(), target_is_directory=True)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["runner"] = {"kind": "dask", "dask_address": None, "dask_workers": 2}
+    (clone / "params.yaml").write_text(yaml.safe_dump(params))
+
+    run_stage("prepare", clone)
+    threads = sorted(p.name for p in (project / "data/samples").iterdir())
+    assert sorted(p.name for p in (clone / "data/samples").iterdir()) == threads
+    for name in threads:
+        assert (clone / "data/samples" / name).read_bytes() == (project / "data/samples" / name).read_bytes(), name
