@@ -47,6 +47,29 @@ def demo(force: bool = typer.Option(False, help="Rerun stages even when up to da
     run_main_job(_root(), profile="demo", stages=None, force=force)
 
 
+@app.command()
+def promote(
+    rollback: bool = typer.Option(False, "--rollback", help="Move champion back to the previous champion."),
+    version: Optional[int] = typer.Option(None, help="Judge this version instead of the challenger alias."),
+) -> None:
+    """Judge the challenger against the champion with the gate in params (registry.gate); move
+    champion only if it passes. Both are compared on the current held-out evaluation."""
+    from flows.prefect_api import owned_prefect_api
+    from flows.promote import decision_summary, promote_flow
+
+    with owned_prefect_api():
+        try:
+            outcome = promote_flow(project_dir=str(_root()), rollback=rollback, version=version)
+        except LookupError as err:  # no challenger, no champion, nothing to roll back to: say what to do
+            raise SystemExit(str(err)) from None
+    if rollback:
+        typer.echo(f"{outcome['model']}: champion is version {outcome['champion']} again (was {outcome['was']})")
+        return
+    typer.echo(f"{outcome['model']}: {decision_summary(outcome)}")
+    for reason in outcome["reasons"]:
+        typer.echo(f"  {reason}")
+
+
 @app.command("stage")
 def stage_command(name: str = typer.Argument(..., help="Stage name as in dvc.yaml (e.g. synth).")) -> None:
     """Run one pipeline stage (what dvc.yaml's cmd calls). Reads params.yaml, writes the stage's outs."""
@@ -196,6 +219,7 @@ def _progress_printer(label: str):
 from flows.serve import serve_command; app.command("serve")(serve_command)  # noqa: E402,E702
 from flows.deploy import deploy_command; app.command("deploy")(deploy_command)  # noqa: E402,E702
 from flows.infra import infra_app; app.add_typer(infra_app, name="infra")  # noqa: E402,E702
+from flows.ablation import ablation_command; app.command("ablation")(ablation_command)  # noqa: E402,E702
 # --- end module commands ---
 
 

@@ -9,7 +9,7 @@ from components.params import apply_profile, load_params
 from flows.prefect_api import owned_prefect_api
 
 
-def run_main_job(root: Path, profile: str | None, stages: list[str] | None, force: bool) -> list[dict]:
+def run_main_job(root: Path, profile: str | None, stages: list[str] | None, force: bool) -> dict:
     from components.majortom.summary import format_summary, summarise_world
     from flows.retrain import StageFailed, retrain
 
@@ -20,11 +20,13 @@ def run_main_job(root: Path, profile: str | None, stages: list[str] | None, forc
     with owned_prefect_api() as api_url:
         print(f"Prefect API for this run: {api_url}")
         try:
-            results = retrain(project_dir=str(root), stages=stages, force=force)
+            outcome = retrain(project_dir=str(root), stages=stages, force=force)
         except StageFailed as failure:
-            raise SystemExit(f"\nThe main job stopped: {failure}\nFix the cause and rerun; finished stages are kept.")
+            raise SystemExit(f"\nThe main job stopped: {failure}\nFix the cause and rerun; finished stages are kept "
+                             "(training resumes from its last checkpoint); the registry and the data versions "
+                             "were not touched.")
     print("\nStages:")
-    for result in results:
+    for result in outcome["stages"]:
         state = "ran" if result["ran"] else "up to date, skipped"
         print(f"  {result['stage']:10s} {state} ({result['seconds']} s)")
     params = load_params(root)
@@ -40,9 +42,44 @@ def run_main_job(root: Path, profile: str | None, stages: list[str] | None, forc
             print(f"  read back and curated: {report['kept_cells']} of {report['input_cells']} cells kept; "
                   f"rejected per reason: {report['rejected_per_reason']}")
     print_model_summary(root)
-    print(f"\nDone in {time.perf_counter() - started:.0f} s. Outputs: {raw}/, models/, reports/; "
-          f"data versions in dvc.lock (dvc status, dvc push).")
-    return results
+    print_versions_summary(root, outcome)
+    print(f"\nDone in {time.perf_counter() - started:.0f} s. Outputs: {raw}/, models/, reports/.")
+    return outcome
+
+
+def data_version(root: Path) -> str:
+    """The data the run used, as dvc.lock records it: short hashes of the raw data and the samples."""
+    import yaml
+
+    lock = root / "dvc.lock"
+    if not lock.exists():
+        return "no dvc.lock yet"
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
+    parts = []
+    for stage, path in (("synth", "data/raw"), ("prepare", "data/samples")):
+        for out in (stages.get(stage) or {}).get("outs") or []:
+            if out.get("path") == path:
+                parts.append(f"{path} {out['md5'][:12]}")
+    return ", ".join(parts) or "not recorded"
+
+
+def print_versions_summary(root: Path, outcome: dict) -> None:
+    """Data version, push, model version and the promotion decision of this run."""
+    from flows.promote import decision_summary
+
+    pushed = outcome.get("pushed")
+    print(f"  data version (dvc.lock): {data_version(root)}; "
+          f"{'pushed to the DVC remote' if pushed else 'not pushed (versioning.push is off or a partial run)'}")
+    registration = outcome.get("registration")
+    if registration:
+        state = "new, alias challenger" if registration["new"] else "already registered: nothing new"
+        print(f"  model version: {registration['model']} version {registration['version']} ({state}); "
+              f"MLflow run {registration['run_id']}")
+        print(f"  promotion: {decision_summary(outcome.get('promotion'))}; serve the champion with "
+              f"`mesa serve --model models:/{registration['model']}@champion`")
+    grids = sorted((root / "reports/eval").glob("*.png"))
+    if grids:
+        print(f"  grids: {', '.join(str(g.relative_to(root)) for g in grids)}")
 
 
 def print_model_summary(root: Path) -> None:

@@ -1,7 +1,8 @@
 """The main job: every DVC stage in order, each a Prefect task, all on one Prefect API.
 
 DVC decides what is stale (a stage whose deps and params did not change is skipped); Prefect
-runs, retries and logs. Later issues add register / evaluate / promote after the stages.
+runs, retries and logs. After the stages: `dvc push`, registration of the trained pipeline as a
+model version (alias challenger) and the promotion gate (flows/promote.py).
 """
 from __future__ import annotations
 
@@ -72,15 +73,53 @@ def current_api_url() -> str:
     return str(url)
 
 
+@task(retries=2, retry_delay_seconds=10, task_run_name="dvc push")
+def push_data_versions(project_dir: str, remote: str | None = None) -> dict:
+    """`dvc push`: every output of this run to the DVC remote (the default one, or `remote`)."""
+    command = [sys.executable, "-m", "dvc", "push", "--quiet"] + (["--remote", remote] if remote else [])
+    done = subprocess.run(command, cwd=project_dir, capture_output=True, text=True,
+                          env=stage_process_env(current_api_url(), None))
+    if done.returncode != 0:
+        raise RuntimeError(f"dvc push{' --remote ' + remote if remote else ''} failed (exit {done.returncode}); "
+                           f"the run's data stays in the local cache. Output:\n{done.stdout}{done.stderr}")
+    print(f"[versioning] pushed the run's data and models to DVC remote {remote or '(default)'}")
+    return {"pushed": True, "remote": remote}
+
+
 @flow(name="retrain", log_prints=True)
-def retrain(project_dir: str, stages: list[str] | None = None, force: bool = False) -> list[dict]:
-    """Run the pipeline's stages in order; return what each did (ran or skipped, seconds)."""
+def retrain(project_dir: str, stages: list[str] | None = None, force: bool = False) -> dict:
+    """Run the pipeline's stages in order, then version, register and judge what they made.
+
+    After a full run (no `stages` subset): `dvc push` (params ``versioning``), then the trained
+    pipeline is registered with the alias ``challenger`` and the promotion gate runs (params
+    ``registry``). A failing stage stops the run before any of that: data versions and the
+    registry stay as they were.
+
+    Returns:
+        ``{"stages": [{stage, ran, seconds}], "pushed": {...} | None, "registration": {...} | None,
+        "promotion": {...} | None}``.
+    """
+    from components.params import load_params
+    from flows.promote import promote_challenger, register_trained_model, registry_settings
+
     names = stages or dvc_stages(project_dir)
     unknown = sorted(set(names) - set(dvc_stages(project_dir)))
     if unknown:
         raise ValueError(f"unknown stages {unknown}; dvc.yaml has {dvc_stages(project_dir)}")
-    results = []
+    outcome: dict = {"stages": [], "pushed": None, "registration": None, "promotion": None}
     for name in names:
         # One after the other: each stage reads what the previous one wrote.
-        results.append(run_dvc_stage(name, project_dir, force))
-    return results
+        outcome["stages"].append(run_dvc_stage(name, project_dir, force))
+    if stages:
+        print(f"[retrain] only stages {names} ran: nothing pushed, registered or promoted")
+        return outcome
+    versioning = load_params(project_dir).get("versioning") or {}
+    if versioning.get("push", False):
+        outcome["pushed"] = push_data_versions(project_dir, versioning.get("remote"))
+    settings = registry_settings(project_dir)
+    if settings.get("register", True):
+        outcome["registration"] = register_trained_model(project_dir)
+    registration = outcome["registration"]
+    if registration and registration["new"] and settings.get("promote", True):
+        outcome["promotion"] = promote_challenger(project_dir, registration["version"])
+    return outcome

@@ -23,9 +23,12 @@ def main(argv: list[str] | None = None) -> None:
 
     result = train(project, load_params(project))
     if PartialState().is_main_process:
-        # Versioned metrics: what the run learned, not how long it took.
+        # Versioned metrics: what the run learned, not how long it took; the validation curve is
+        # a DVC plot of its own (dvc plots show reports/train_curve.json).
+        curve = result.pop("validation_history", [])
         write_json_atomic(project / "reports" / "train.json",
                           {k: v for k, v in result.items() if k not in ("run_id", "model_uri")})
+        write_json_atomic(project / "reports" / "train_curve.json", curve)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 NAME = "heldout_denoising_loss"
+MIN_TERMS = 32  # a small held-out set is repeated (new noise, new timestep) up to this many terms
 DIRECTION = "lower_is_better"
 
 
@@ -27,14 +28,15 @@ def heldout_denoising_loss(pipeline, shards: Sequence[str], dem_scale_m: float, 
 
     Returns:
         ``{"heldout_denoising_loss": ..., "heldout_denoising_loss_shuffled_captions": ...}``; NaN
-        for both when the test split is empty, for the shuffled one when it holds one sample.
+        for both when the test split is empty, for the shuffled one when all its captions are the same.
     """
     from components.model.factories import training_scheduler
     from components.training.validation import ValidationSet
 
     try:
         held_out = ValidationSet.from_shards(shards, dem_scale_m, shadow, max_samples, ("test",), pipeline.vae,
-                                             pipeline.tokenizer, pipeline.text_encoder, pipeline.device)
+                                             pipeline.tokenizer, pipeline.text_encoder, pipeline.device,
+                                             repeat_to=MIN_TERMS)
     except ValueError:
         return {NAME: math.nan, f"{NAME}_shuffled_captions": math.nan}
     losses = held_out.losses(pipeline.unet, training_scheduler())

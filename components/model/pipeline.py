@@ -313,7 +313,13 @@ class TerrainPipeline(DiffusionPipeline):
         """The diffusers layout (``model_index.json`` + one subfolder per part) plus ``dem_rule.json``.
 
         Keyword arguments go to ``DiffusionPipeline.save_pretrained`` (e.g. ``safe_serialization``).
+        Parts loaded from a folder remember its absolute path (``_name_or_path``); it is replaced by
+        the part's own name, so the same weights give the same bytes wherever the project lives.
         """
+        for name in ("unet", "vae", "scheduler"):
+            part = getattr(self, name, None)
+            if part is not None and hasattr(part, "register_to_config"):
+                part.register_to_config(_name_or_path=name)
         super().save_pretrained(str(save_directory), **kwargs)
         self.dem_rule.save(save_directory)
 

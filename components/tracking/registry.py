@@ -47,6 +47,7 @@ DIRECTIONS = (HIGHER, LOWER)
 METRIC_TAG_PREFIX = "metric."
 DIRECTION_SUFFIX = ".direction"
 RUN_ID_TAG = "mesa.run_id"
+EVALUATION_TAG = "mesa.evaluation_fingerprint"  # which held-out set, settings and metric code
 PREVIOUS_CHAMPION_TAG = "previous_champion"
 DECISION_TAG = "promotion.decision"
 REASONS_TAG = "promotion.reasons"
@@ -95,7 +96,8 @@ def metric_tags(metrics_report: Mapping | None) -> dict[str, str]:
 
     Returns:
         dict[str, str]: ``metric.<name>`` (only when the value is not None) and
-        ``metric.<name>.direction`` for each metric.
+        ``metric.<name>.direction`` for each metric, and ``mesa.evaluation_fingerprint`` when the
+        report has one (two versions' metrics are comparable only when it is the same).
 
     Raises:
         ValueError: when a metric has no valid direction or a value that is not a number.
@@ -113,7 +115,27 @@ def metric_tags(metrics_report: Mapping | None) -> dict[str, str]:
         value = _value_of(name, entry)
         if value is not None:
             tags[f"{METRIC_TAG_PREFIX}{name}"] = repr(value)
+    if metrics_report.get("evaluation_fingerprint"):
+        tags[EVALUATION_TAG] = str(metrics_report["evaluation_fingerprint"])
     return tags
+
+
+def retag_evaluation(client: Any, name: str, version: int | str, metrics_report: Mapping) -> None:
+    """Replace a version's metric tags with a new evaluation's (e.g. after re-evaluating the champion).
+
+    Args:
+        client (mlflow.MlflowClient): the client.
+        name (str): the registered model.
+        version (int | str): the version.
+        metrics_report (Mapping): the new evaluate report.
+    """
+    new = metric_tags(metrics_report)
+    old = client.get_model_version(name, str(version)).tags or {}
+    for key in old:
+        if (key.startswith(METRIC_TAG_PREFIX) or key == EVALUATION_TAG) and key not in new:
+            client.delete_model_version_tag(name, str(version), key)
+    for key, value in new.items():
+        client.set_model_version_tag(name, str(version), key, value)
 
 
 def metrics_from_tags(tags: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -290,11 +312,14 @@ class PromotionGate:
             than this fraction of the champion's value, in the metric's direction (0.05 = 5 %).
         floors (Mapping[str, float], default {}): absolute minimums for higher-is-better metrics.
         ceilings (Mapping[str, float], default {}): absolute maximums for lower-is-better metrics.
+        metrics (tuple[str, ...] | None, default None): the metrics compared with the champion's
+            (None: all); floors and ceilings apply whatever this lists.
     """
 
     max_regression: float = 0.0
     floors: Mapping[str, float] = field(default_factory=dict)
     ceilings: Mapping[str, float] = field(default_factory=dict)
+    metrics: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if not (isinstance(self.max_regression, (int, float)) and math.isfinite(self.max_regression)
@@ -319,12 +344,15 @@ class PromotionGate:
                 invalid value.
         """
         mapping = dict(mapping or {})
-        unknown = sorted(set(mapping) - {"max_regression", "floors", "ceilings"})
+        unknown = sorted(set(mapping) - {"max_regression", "floors", "ceilings", "metrics"})
         if unknown:
-            raise ValueError(f"unknown promotion gate keys {unknown}: allowed are max_regression, floors, ceilings")
+            raise ValueError(f"unknown promotion gate keys {unknown}: allowed are max_regression, floors, ceilings, "
+                             "metrics")
+        metrics = mapping.get("metrics")
         return cls(max_regression=float(mapping.get("max_regression", 0.0)),
                    floors=dict(mapping.get("floors") or {}),
-                   ceilings=dict(mapping.get("ceilings") or {}))
+                   ceilings=dict(mapping.get("ceilings") or {}),
+                   metrics=None if metrics is None else tuple(str(m) for m in metrics))
 
 
 @dataclass
@@ -350,7 +378,8 @@ def decide(gate: PromotionGate, challenger_metrics: Mapping[str, dict],
     """Judge a challenger's metrics against the gate and the champion's (pure function).
 
     Every challenger metric with a value is checked against its floor or ceiling; when there is a
-    champion, also against the champion's value with `gate.max_regression`. Without a champion
+    champion, the metrics `gate.metrics` names (all when None) also against the champion's value
+    with `gate.max_regression`. Without a champion
     (the first model) only floors and ceilings apply. A metric whose value is None (or whose
     champion value is None) is skipped with a note in `reasons`; so is a floor or ceiling for a
     metric the challenger does not have.
@@ -377,9 +406,11 @@ def decide(gate: PromotionGate, challenger_metrics: Mapping[str, dict],
             notes.append(f"skipped {name}: the challenger has no value")
             continue
         failures.extend(_limit_failures(gate, name, value))
-        compared[name] = _compare_with_champion(gate, name, direction, value, champion_metrics, failures, notes)
-    for name in sorted((set(gate.floors) | set(gate.ceilings)) - set(challenger_metrics)):
-        notes.append(f"skipped {name}: the gate limits it but the challenger has no such metric")
+        gated = gate.metrics is None or name in gate.metrics
+        compared[name] = _compare_with_champion(gate, name, direction, value,
+                                                champion_metrics if gated else None, failures, notes)
+    for name in sorted((set(gate.floors) | set(gate.ceilings) | set(gate.metrics or ())) - set(challenger_metrics)):
+        notes.append(f"skipped {name}: the gate names it but the challenger has no such metric")
     return Decision(promote=not failures, reasons=failures + notes, compared=compared)
 
 

@@ -422,6 +422,7 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
         if history:
             result["validation_first"] = {k: round(v, 6) for k, v in history[0].items()}
             result["validation_last"] = {k: round(v, 6) for k, v in history[-1].items()}
+            result["validation_history"] = [{k: round(v, 6) for k, v in h.items()} for h in history]
         if accelerator.is_main_process:
             pipeline = _final_pipeline(accelerator, unet, ema, vae, tokenizer, text_encoder, stats, params)
             _save_atomically(pipeline, layout.pipeline)

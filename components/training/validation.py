@@ -49,8 +49,12 @@ class ValidationSet:
 
     @classmethod
     def from_shards(cls, shards: Sequence[str], dem_scale_m: float, shadow: bool, count: int,
-                    splits: Sequence[str], vae, tokenizer, text_encoder, device, seed: int = 0) -> ValidationSet:
+                    splits: Sequence[str], vae, tokenizer, text_encoder, device, seed: int = 0,
+                    repeat_to: int = 0) -> ValidationSet:
         """Up to ``count`` samples of ``splits`` (in that order, id order within one), encoded once.
+
+        ``repeat_to`` > the sample count repeats the samples (each copy with its own fixed noise and
+        timestep) up to at least that many terms: a steadier number from a small held-out set.
 
         Raises:
             ValueError: when no sample is found.
@@ -65,10 +69,11 @@ class ValidationSet:
             items += [item for _, item in zip(range(count - len(items)), dataset)]
         if not items:
             raise ValueError(f"the {'/'.join(splits)} split(s) of {len(shards)} sample shard(s) hold no sample")
+        repeats = max(1, -(-repeat_to // len(items)))  # ceil
         test_ids = _test_ids(shards)
         held_out = sum(1 for item in items if item["sample_id"] in test_ids)
-        split = f"{held_out} test + {len(items) - held_out} train"
-        batch = collate(items)
+        split = f"{held_out} test + {len(items) - held_out} train" + (f", x{repeats}" if repeats > 1 else "")
+        batch = collate(items * repeats)
         scale = float(vae.config.scaling_factor)
         with torch.no_grad():
             both = vae.encode(torch.cat([batch["rgb"], batch["dem"]]).to(device, vae.dtype)).latent_dist.mean
@@ -82,7 +87,7 @@ class ValidationSet:
     @torch.no_grad()
     def losses(self, unet, scheduler) -> dict[str, float]:
         """Validation loss with the true captions and with captions shuffled across samples (NaN
-        for the shuffled loss with a single sample: there is no other caption to give it)."""
+        for the shuffled loss when all samples share one caption: there is no other to give them)."""
         from components.model.text import tokenize_prompts
         from components.training.loss import apply_noise, masked_v_loss
 
@@ -101,7 +106,7 @@ class ValidationSet:
         # which pairs neighbouring grid cells whose captions are often the same.
         shuffled = [loss_for([self.captions[j] for j in order]).total.item()
                     for order in derangements(len(self.captions), SHUFFLES, VALIDATION_SEED)
-                    ] if len(self.captions) >= 2 else [float("nan")]
+                    ] if len(set(self.captions)) >= 2 else [float("nan")]
         unet.train(was_training)
         return {"loss": float(true.total), "loss_image": float(true.image), "loss_dem": float(true.dem),
                 "loss_shuffled_captions": sum(shuffled) / len(shuffled)}

@@ -31,6 +31,10 @@ def _run(cmd, cwd):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A copy of the project in a fresh git repo, on the micro profile, with `mesa` on PATH."""
+    return _fresh_project(tmp_path_factory)
+
+
+def _fresh_project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     for name in PROJECT_FILES:
         source = PROJECT_ROOT / name
@@ -64,8 +68,8 @@ def test_retrain_runs_the_stages_then_skips_them_when_nothing_changed(project, p
     from flows.retrain import retrain
 
     state = retrain(project_dir=str(project), return_state=True)
-    results = state.result()
-    assert [(r["stage"], r["ran"]) for r in results] == [(s, True) for s in STAGES]
+    outcome = state.result()
+    assert [(r["stage"], r["ran"]) for r in outcome["stages"]] == [(s, True) for s in STAGES]
 
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["synth"]["params"]["params.yaml"]["synth"]["cells"] == 24  # the micro profile
@@ -100,10 +104,116 @@ def test_retrain_runs_the_stages_then_skips_them_when_nothing_changed(project, p
     assert metrics["metrics"]["landform_balanced_accuracy"]["direction"] == "higher_is_better"
     assert (project / "reports/eval.md").exists() and (project / "reports/eval/seed_variability.png").exists()
 
+    # After the stages: data pushed, the pipeline registered (alias challenger) and, being the
+    # first model and passing the (empty) floors, promoted to champion.
+    assert outcome["pushed"]["pushed"] and any((project / "dvc-remote").rglob("*"))
+    registration = outcome["registration"]
+    assert registration["new"] and registration["version"] == 1
+    assert registration["run_id"] == json.loads((project / "models/train_run.json").read_text())["run_id"]
+    assert outcome["promotion"]["promoted"] and outcome["promotion"]["champion"] == 1
+    client = _registry_client(project)
+    version = client.get_model_version("mesa", "1")
+    assert set(version.aliases) == {"challenger", "champion"}
+    assert version.tags["metric.heldout_denoising_loss.direction"] == "lower_is_better"
+    assert version.tags["mesa.evaluation_fingerprint"] == metrics["evaluation_fingerprint"]
+
     again = retrain(project_dir=str(project))
-    assert [(r["stage"], r["ran"]) for r in again] == [(s, False) for s in STAGES]
+    assert [(r["stage"], r["ran"]) for r in again["stages"]] == [(s, False) for s in STAGES]
+    assert again["registration"]["new"] is False and again["promotion"] is None  # nothing new
+    assert len(client.search_model_versions("name = 'mesa'")) == 1
     status = subprocess.run(["dvc", "status"], cwd=project, capture_output=True, text=True, check=True)
     assert "up to date" in status.stdout.lower()
+
+    # shadow.enabled is read by training (and the evaluation of its model) only: switching it
+    # never touches the data stages or the VAE.
+    committed = (project / "params.yaml").read_text()
+    _set_params(project, shadow__enabled=False)
+    status = subprocess.run(["dvc", "status", "--json"], cwd=project, capture_output=True, text=True, check=True)
+    (project / "params.yaml").write_text(committed)
+    assert set(json.loads(status.stdout)) == {"train", "evaluate"}
+
+
+def _lock_outs(project) -> dict[str, str]:
+    """Every versioned stage output's hash in dvc.lock (data and models; not the resumable state)."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])
+            if "md5" in out and out["path"] != "models/checkpoints"}
+
+
+def _weights_digest(folder) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.safetensors")):
+        digest.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_a_forced_retrain_from_scratch_gives_the_same_data_and_model(project, prefect_api, tmp_path_factory):
+    from flows.retrain import retrain
+
+    clone = _fresh_project(tmp_path_factory)
+    outcome = retrain(project_dir=str(clone), force=True)
+    assert all(stage["ran"] for stage in outcome["stages"])
+    first, second = _lock_outs(project), _lock_outs(clone)
+    assert {"data/raw", "data/samples", "data/latents", "models/vae", "models/pipeline"} <= set(first)
+    assert first == second  # every data and model hash, byte for byte
+    assert _weights_digest(project / "models/pipeline") == _weights_digest(clone / "models/pipeline")
+
+
+def _registry_client(project):
+    from components.tracking.runs import _client_for
+
+    return _client_for(project, None)[1]
+
+
+def _set_params(project, **values):
+    """Set dotted params.yaml keys (e.g. train__steps=36 for train.steps) in the test project."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for dotted, value in values.items():
+        *groups, leaf = dotted.split("__")
+        node = params
+        for group in groups:
+            node = node[group]
+        node[leaf] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_promotion_moves_champion_for_a_better_challenger_not_a_broken_one_then_rolls_back(project, prefect_api):
+    from components.tracking.registry import CHALLENGER, CHAMPION, get_alias_version
+    from flows.promote import promote_flow
+    from flows.retrain import retrain
+
+    client = _registry_client(project)
+    assert int(get_alias_version(client, "mesa", CHAMPION).version) == 1  # the first retrain's model
+    # The team's gate: the held-out denoising loss must not regress by more than 10 %.
+    _set_params(project, registry__gate__metrics=["heldout_denoising_loss"], registry__gate__max_regression=0.1)
+
+    # A better challenger: the same run trained three times as long (it resumes from step 12).
+    _set_params(project, train__steps=36)
+    better = retrain(project_dir=str(project))
+    assert [s["stage"] for s in better["stages"] if s["ran"]] == ["train", "evaluate"]
+    assert better["registration"]["new"] and better["promotion"]["promoted"], better["promotion"]
+    compared = better["promotion"]["compared"]["heldout_denoising_loss"]
+    assert compared["challenger"] < compared["champion"]
+    assert int(get_alias_version(client, "mesa", CHAMPION).version) == better["registration"]["version"]
+
+    # A genuinely worse one: a broken setting (learning rate 0: the weights never leave their
+    # initialisation), really trained and really evaluated.
+    _set_params(project, train__learning_rate=0.0)
+    broken = retrain(project_dir=str(project))
+    assert broken["registration"]["new"] and not broken["promotion"]["promoted"]
+    assert any("heldout_denoising_loss" in reason for reason in broken["promotion"]["reasons"])
+    assert int(get_alias_version(client, "mesa", CHAMPION).version) == better["registration"]["version"]
+    assert int(get_alias_version(client, "mesa", CHALLENGER).version) == broken["registration"]["version"]
+    rejected = client.get_model_version("mesa", str(broken["registration"]["version"]))
+    assert rejected.tags["promotion.decision"] == "rejected"
+    assert client.get_run(broken["registration"]["run_id"]).data.tags["promotion.decision"] == "rejected"
+
+    # Promoting again is idempotent; rollback returns to the previous champion.
+    assert not promote_flow(project_dir=str(project))["promoted"]
+    assert promote_flow(project_dir=str(project), rollback=True)["champion"] == 1
+    assert int(get_alias_version(client, "mesa", CHAMPION).version) == 1
 
 
 def test_a_failing_stage_fails_the_flow_and_names_the_stage(project, prefect_api, tmp_path):

@@ -233,3 +233,40 @@ def test_gate_from_params_rejects_unknown_keys_and_misplaced_limits():
     with pytest.raises(ValueError, match="give it a ceiling"):
         decide(PromotionGate(floors={JS: 0.1}), metrics(0.5, 0.1), None)
     assert isinstance(decide(PromotionGate(), {}, None), Decision)
+
+
+def test_the_gate_compares_only_the_metrics_it_names_but_applies_every_floor():
+    from components.tracking.registry import PromotionGate, decide
+
+    challenger = {"loss": {"direction": "lower_is_better", "value": 1.0},
+                  "noisy": {"direction": "higher_is_better", "value": 0.1},
+                  "accuracy": {"direction": "higher_is_better", "value": 0.5}}
+    champion = {"loss": {"direction": "lower_is_better", "value": 1.2},
+                "noisy": {"direction": "higher_is_better", "value": 0.9},
+                "accuracy": {"direction": "higher_is_better", "value": 0.5}}
+    gate = PromotionGate.from_params({"max_regression": 0.1, "metrics": ["loss", "accuracy"],
+                                      "floors": {"noisy": 0.05}})
+    assert decide(gate, challenger, champion).promote  # "noisy" regressed, but it is not gated
+    assert not decide(PromotionGate(max_regression=0.1), challenger, champion).promote
+    assert not decide(PromotionGate.from_params({"metrics": ["loss"], "floors": {"noisy": 0.2}}),
+                      challenger, champion).promote  # the floor still applies
+    worse = {**challenger, "loss": {"direction": "lower_is_better", "value": 1.5}}
+    decision = decide(gate, worse, champion)
+    assert not decision.promote and "loss" in decision.reasons[0]
+
+
+def test_metric_tags_carry_the_evaluation_fingerprint_and_retagging_replaces_them(store):
+    from components.tracking.registry import EVALUATION_TAG, metric_tags, retag_evaluation
+
+    first = {"metrics": {"loss": {"direction": "lower_is_better", "value": 0.5},
+                         "old": {"direction": "higher_is_better", "value": 0.1}}, "evaluation_fingerprint": "abc"}
+    tags = metric_tags(first)
+    assert tags[EVALUATION_TAG] == "abc" and tags["metric.loss"] == "0.5"
+    client, _, models = store
+    run_id, model_uri = models[2]
+    version = register_pipeline(client, "retag", run_id, model_uri, first).version
+    retag_evaluation(client, "retag", version, {"metrics": {"loss": {"direction": "lower_is_better", "value": 0.4}},
+                                                "evaluation_fingerprint": "def"})
+    tags = client.get_model_version("retag", version).tags
+    assert tags[EVALUATION_TAG] == "def" and tags["metric.loss"] == "0.4"
+    assert "metric.old" not in tags and "metric.old.direction" not in tags and tags["mesa.run_id"] == run_id
