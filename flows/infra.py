@@ -18,6 +18,7 @@ infra/docker-compose.yml runs the same servers with the same flags in containers
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -213,10 +214,16 @@ def infra_up(
                                    log_path=logs / "prefect.log", ui=ui)
     started: list[ServerProcess] = [mlflow, prefect]
     say(f"started mlflow (pid {mlflow.pid}) and prefect (pid {prefect.pid}); waiting for them to answer ...")
+    began = time.perf_counter()
+
+    def wait(server: ServerProcess) -> None:
+        server.wait_healthy(timeout_s)
+        say(f"{server.label} answers after {time.perf_counter() - began:.0f} s")
+
     try:
         # Both start at once (each spends most of its start-up migrating its database).
         with ThreadPoolExecutor(2) as pool:
-            for future in [pool.submit(s.wait_healthy, timeout_s) for s in started]:
+            for future in [pool.submit(wait, s) for s in started]:
                 future.result()
     except BaseException:
         for server in started:
@@ -256,21 +263,29 @@ def infra_down(state_dir: str | Path, timeout_s: float = 20.0, say=print) -> lis
     if state is None:
         say(f"nothing to stop: no {STATE_FILE} in {state_dir}")
         return []
-    stopped = []
+    ours = []
     for server in state.servers:
         if not _is_ours(server):
             say(f"{server.name} (pid {server.pid}) is not running any more")
             continue
-        process = psutil.Process(server.pid)
         try:
+            process = psutil.Process(server.pid)
             os.killpg(server.pid, signal.SIGTERM)  # up started it as a session (and group) leader
-        except ProcessLookupError:
+        except (psutil.NoSuchProcess, ProcessLookupError):
             continue
+        ours.append((server, process))
+    # All were told to stop at once; now wait for each (shutdowns overlap).
+    stopped = []
+    for server, process in ours:
         try:
             process.wait(timeout_s)
         except psutil.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+            say(f"{server.name} (pid {server.pid}) ignored SIGTERM for {timeout_s:g} s: killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
             process.wait(timeout_s)
+        except psutil.NoSuchProcess:
+            pass
         _reap(server.pid)
         stopped.append(server.name)
         say(f"stopped {server.name} (pid {server.pid})")
@@ -321,7 +336,8 @@ def up_command(
     prefect_port: int = typer.Option(DEFAULT_PREFECT_PORT, help="Prefect API server port."),
     mlflow_db: str = typer.Option("mesa_mlflow", help="MLflow's database (created when missing)."),
     prefect_db: str = typer.Option("mesa_prefect", help="Prefect's database (created when missing)."),
-    artifacts_dir: Optional[Path] = typer.Option(None, help="MLflow's artifact store (default <state-dir>/mlartifacts)."),
+    artifacts_dir: Optional[Path] = typer.Option(None, help="MLflow's artifact store "
+                                                             "(default <state-dir>/mlartifacts)."),
     mlflow_workers: int = typer.Option(2, help="MLflow server worker processes."),
     ui: bool = typer.Option(True, help="Serve Prefect's web UI."),
     state_dir: Optional[Path] = typer.Option(None, help=_STATE_DIR_HELP),

@@ -349,7 +349,14 @@ def redact(url: str) -> str:
         return url
 
 
-def _connect(base_url: str, database: str | None = None, timeout_s: float = 5.0):
+def connect_postgres(base_url: str, database: str | None = None, timeout_s: float = 5.0):
+    """A psycopg2 connection to `database` (default: the one in `base_url`, else ``postgres``).
+
+    Args:
+        base_url (str): ``postgresql://user[:password]@host:port[/db]``.
+        database (str | None, default None): the database to open.
+        timeout_s (float, default 5.0): connection timeout (whole seconds, at least 1).
+    """
     import psycopg2
     from sqlalchemy.engine import make_url
 
@@ -368,7 +375,7 @@ def postgres_answers(base_url: str, timeout_s: float = 5.0) -> str | None:
         timeout_s (float, default 5.0): connection timeout.
     """
     try:
-        _connect(base_url, timeout_s=timeout_s).close()
+        connect_postgres(base_url, timeout_s=timeout_s).close()
         return None
     except Exception as err:
         return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else err!r}"
@@ -387,7 +394,7 @@ def ensure_database(base_url: str, name: str) -> bool:
     """
     from psycopg2 import errors, sql
 
-    conn = _connect(base_url)
+    conn = connect_postgres(base_url)
     try:
         conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
         with conn.cursor() as cur:
@@ -412,7 +419,7 @@ def drop_database(base_url: str, name: str) -> None:
     """
     from psycopg2 import sql
 
-    conn = _connect(base_url)
+    conn = connect_postgres(base_url)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:

@@ -26,7 +26,7 @@ POSTGRES_URL = os.environ.get("MESA_TEST_POSTGRES_URL", "postgresql://postgres@1
 def _infra(*args: str, timeout: float) -> subprocess.CompletedProcess:
     """`python -m flows.infra ARGS` (the commands `mesa infra` has), from the project root."""
     return subprocess.run([sys.executable, "-m", "flows.infra", *args], cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="session")
@@ -65,11 +65,20 @@ class TeamServers:
     state: dict
 
 
+def _running(pid: int, create_time: float) -> bool:
+    """Whether the process `up` started (same pid, same start time) still runs (a zombie does not)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return abs(process.create_time() - create_time) < 0.01 and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.fixture(scope="session")
 def team_servers(postgres, tmp_path_factory):
     """MLflow (PostgreSQL backend, served artifacts) and Prefect (PostgreSQL) servers for the session."""
-    import psutil
-
     suffix = uuid.uuid4().hex[:10]
     mlflow_db, prefect_db = f"mesa_test_{suffix}_mlflow", f"mesa_test_{suffix}_prefect"
     state_dir = tmp_path_factory.mktemp("team-infra")
@@ -92,8 +101,7 @@ def team_servers(postgres, tmp_path_factory):
         down = _infra("down", "--state-dir", str(state_dir), timeout=120)
         try:
             assert down.returncode == 0, f"mesa infra down failed:\n{down.stdout}\n{down.stderr}"
-            still = [s for s in pids if psutil.pid_exists(s["pid"])
-                     and psutil.Process(s["pid"]).status() != psutil.STATUS_ZOMBIE]
+            still = [s for s in pids if _running(s["pid"], s["create_time"])]
             assert not still, f"mesa infra down left servers running: {still}"
         finally:
             for database in (mlflow_db, prefect_db):
