@@ -104,6 +104,10 @@ def print_model_summary(root: Path) -> None:
         print(f"  evaluation: {m['generations']} generations; landform balanced accuracy {accuracy['value']} "
               f"(chance {m['landform_chance']}, captions shuffled {m['landform_balanced_accuracy_shuffled_captions']}, "
               f"real pairs {accuracy['real_reference']}); report reports/eval.md")
+        loss = m["metrics"].get("heldout_denoising_loss") or {}
+        if loss.get("value") is not None:
+            print(f"  held-out denoising loss {loss['value']} (captions shuffled: "
+                  f"{m.get('heldout_denoising_loss_shuffled_captions')})")
     if record.exists():
         r = json.loads(record.read_text())
         print(f"  pipeline: models/pipeline (MLflow run {r['run_id']}, model {r.get('model_uri')}); try "
