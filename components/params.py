@@ -19,11 +19,15 @@ PROFILES_DIR = Path("configs") / "profiles"
 
 
 def load_params(project_dir: str | Path = ".") -> dict[str, Any]:
-    """The whole params.yaml as plain Python values."""
+    """The whole params.yaml as plain Python values, read as YAML 1.2 the way DVC reads it.
+
+    YAML 1.2 matters: `dvc exp run -S train.mixed_precision=no` writes ``no`` unquoted, which a
+    YAML 1.1 reader (PyYAML) would turn into False.
+    """
     path = Path(project_dir) / PARAMS_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run mesa from the project folder (where params.yaml is)")
-    return yaml.safe_load(path.read_text()) or {}
+    return YAML(typ="safe", pure=True).load(path.read_text()) or {}
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,10 +1,14 @@
 """`mesa ablation`: shadow correction x caption dropout as DVC experiments, compared in MLflow.
 
 Every variant of the matrix in params.yaml ``ablation`` (shadow.enabled x
-captions.augmentation.caption_dropout) is one ``dvc exp run --temp -n VARIANT -S ...``: DVC runs the
+captions.augmentation.caption_dropout) is one ``dvc exp run --temp -n VARIANT``: DVC runs the
 pipeline in a temporary copy of the repository (stages whose inputs did not change come back from
-its run cache; train and evaluate run), records the experiment under the current commit and leaves
-the workspace, params.yaml included, as it was. Each variant is a Prefect task whose log streams
+its run cache; train and evaluate run) and records the experiment under the current commit.
+
+The variant's values are written into params.yaml for the length of its `dvc exp run` (DVC stashes
+the workspace into the experiment) and the file's bytes are put back afterwards, instead of
+``dvc exp run -S``: -S rewrites params.yaml with a YAML 1.2 dumper that drops the quotes of
+``mixed_precision: "no"``, and PyYAML (YAML 1.1, our params loader) then reads ``no`` as False. Each variant is a Prefect task whose log streams
 the experiment's output; the stage flows inside report to the same Prefect API as its subflows.
 
 MLflow holds the comparison: one parent run in experiment ``ablation.experiment`` and, nested under
@@ -22,6 +26,7 @@ the model registry: ablation models are compared, not promoted.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -29,6 +34,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -74,7 +80,7 @@ class Variant:
         return f"shadow-{_on(self.shadow)}_dropout-{_on(self.caption_dropout)}"
 
     def overrides(self, experiment: str) -> dict[str, Any]:
-        """The params this variant sets (``dvc exp run -S``); training logs into the ablation's experiment."""
+        """The params this variant sets (dotted keys); training logs into the ablation's experiment."""
         return {SHADOW_KEY: self.shadow, DROPOUT_KEY: self.caption_dropout, EXPERIMENT_KEY: experiment}
 
     def tags(self) -> dict[str, str]:
@@ -106,7 +112,7 @@ def matrix(settings: dict[str, Any]) -> list[Variant]:
 
 
 def expected_params(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """params.yaml as a variant runs it: the workspace's params with the dotted overrides set."""
+    """params.yaml as a variant runs it: the workspace's params with the dotted overrides set, in JSON form."""
     result = copy.deepcopy(params)
     for dotted, value in overrides.items():
         node = result
@@ -114,12 +120,46 @@ def expected_params(params: dict[str, Any], overrides: dict[str, Any]) -> dict[s
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    return result
+    return as_json(result)
 
 
-def _yaml_value(value: Any) -> str:
-    """A value as `dvc exp run -S key=VALUE` parses it back (YAML)."""
-    return json.dumps(value) if isinstance(value, bool) else str(value)
+def as_json(value: Any) -> Any:
+    """`value` as it reads back from JSON (what `dvc exp show --json` gives: int keys become strings)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+@contextlib.contextmanager
+def params_set(project_dir: Path, overrides: dict[str, Any]) -> Iterator[None]:
+    """params.yaml with the dotted `overrides` set (comments, order and quotes kept); its bytes come back after.
+
+    Raises:
+        KeyError: when params.yaml lacks a key the ablation sets (the matrix names keys it does not have).
+    """
+    from ruamel.yaml import YAML
+
+    from components.atomic import atomic_write
+
+    path = project_dir / "params.yaml"
+    original = path.read_bytes()
+    yaml_rt = YAML()  # round-trip; quotes kept so that "no" stays a string for YAML 1.1 readers
+    yaml_rt.preserve_quotes = True
+    yaml_rt.width = 4096  # no re-wrapping of long lines: the diff DVC records is the variant's values only
+    yaml_rt.representer.add_representer(type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null",
+                                                                                         "null"))
+    document = yaml_rt.load(original.decode("utf-8"))
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = document
+        for key in parents:
+            node = node.get(key) if hasattr(node, "get") else None
+        if node is None or leaf not in node:
+            raise KeyError(f"params.yaml has no {dotted!r}, which the ablation sets; restore it from git")
+        node[leaf] = value
+    atomic_write(path, lambda tmp: yaml_rt.dump(document, tmp))
+    try:
+        yield
+    finally:
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(original))
 
 
 # ----------------------------------------------------------------------------- DVC
@@ -147,7 +187,7 @@ def dvc_experiments(project_dir: Path, baseline: str) -> dict[str, dict[str, Any
                 continue
             data = revs[0].get("data") or {}
             params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
-            found[experiment.get("name") or revs[0].get("name")] = {"rev": revs[0]["rev"], "params": params}
+            found[experiment.get("name") or revs[0].get("name")] = {"rev": revs[0]["rev"], "params": as_json(params)}
     return found
 
 
@@ -223,8 +263,9 @@ def comparison_rows(entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]]
 
 
 def _best(rows: list[dict[str, Any]], name: str, direction: str) -> float | None:
+    """The column's best value; None when there is nothing to choose (fewer than two values, all equal)."""
     values = [r[name] for r in rows if isinstance(r.get(name), (int, float))]
-    if len(values) < 2 or direction not in ("higher_is_better", "lower_is_better"):
+    if len(set(values)) < 2 or direction not in ("higher_is_better", "lower_is_better"):
         return None
     return max(values) if direction == "higher_is_better" else min(values)
 
@@ -247,14 +288,14 @@ def markdown_table(rows: list[dict[str, Any]], directions: dict[str, str], refer
             cells.append(f"**{text}**" if value is not None and value == best[name] else text)
         cells.append(f"`{row['run_id']}`" if row.get("run_id") else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", ("Bold: the best value of its column. n/a: the metric could not be computed for that model "
-                   "(e.g. too few held-out cells) or the variant has no evaluated MLflow run.")]
+    lines += ["", ("Bold: the best value of its column (none when all are equal). n/a: the metric could not be "
+                   "computed for that model (e.g. too few held-out cells) or the variant has no evaluated MLflow run.")]
     if reference:
         values = ", ".join(f"{k} {v:.4g}" for k, v in reference.items())
-        lines += ["", (f"Real reference (held-out real cells scored against the training cells, the value a "
-                       f"perfect model would reach): {values}.")]
+        lines += ["", (f"Real reference (the same metrics for real held-out cells against the training cells: "
+                       f"what real data scores): {values}.")]
     if grid:
-        lines += ["", "## Shadow correction side by side (caption dropout on; paper Table 4)", "",
+        lines += ["", "## Shadow correction side by side (paper Table 4, same seed per row)", "",
                   f"![shadow correction grid]({grid})"]
     return "\n".join(lines) + "\n"
 
@@ -281,7 +322,7 @@ def shadow_grid(project_dir: Path, params: dict[str, Any], models: dict[str, str
                   for label, uri in models.items()}
     image, layout = grids.model_comparison_grid(generators, grids.TABLE4_CAPTIONS, settings.seeds[0],
                                                 pixel_size_m=pixel,
-                                                title="Shadow correction: on vs off (caption dropout on)")
+                                                title="Shadow correction on (left) vs off (right)")
     atomic_write(png, lambda tmp: image.save(tmp, format="PNG"))
     write_json_atomic(manifest, {**layout.to_dict(), "models": models})
     return png
@@ -291,24 +332,24 @@ def shadow_grid(project_dir: Path, params: dict[str, Any], models: dict[str, str
 @task(task_run_name="variant {variant.name}")
 def run_variant(variant: Variant, project_dir: str, experiment: str, parent_run_id: str, uri: str,
                 baseline: str) -> dict[str, Any]:
-    """`dvc exp run --temp -n VARIANT -S ...` in `project_dir`, streaming its output to the Prefect log."""
+    """`dvc exp run --temp -n VARIANT` with the variant's params, streaming its output to the Prefect log."""
     from flows.prefect_api import stage_process_env
     from flows.retrain import current_api_url
 
     logger = get_run_logger()
     command = _python_tool("exp", "run", "--temp", "-n", variant.name)
-    for key, value in variant.overrides(experiment).items():
-        command += ["-S", f"{key}={_yaml_value(value)}"]
+    overrides = variant.overrides(experiment)
     env = stage_process_env(current_api_url(), task_run.id)
     # The temporary copy has no mlruns.db: point every run at the project's store, under the parent.
     env.update({"MLFLOW_TRACKING_URI": uri, PARENT_ENV: parent_run_id,
                 TAGS_ENV: json.dumps({**variant.tags(), BASELINE_TAG: baseline, "mlflow.runName": variant.name})})
     env.pop("MLFLOW_RUN_ID", None)  # a run id from the caller's shell would hijack the training run
-    logger.info("[%s] %s", variant.name, " ".join(command[1:]))
+    logger.info("[%s] %s with %s", variant.name, " ".join(command[2:]),
+                ", ".join(f"{k}={v}" for k, v in overrides.items()))
     started = time.perf_counter()
     tail: deque[str] = deque(maxlen=40)
-    with subprocess.Popen(command, cwd=project_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=env) as proc:
+    with params_set(Path(project_dir), overrides), subprocess.Popen(
+            command, cwd=project_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip()
@@ -413,10 +454,9 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
         dropout = any(v.caption_dropout for v in variants)
         pair = {v.shadow: e for v, e in zip(variants, entries) if v.caption_dropout == dropout and e["model_uri"]}
         if True in pair and False in pair:
-            models = {f"{pair[s]['variant']} ({'w/' if s else 'wo/'} shadow correction)": pair[s]["model_uri"]
-                      for s in (True, False)}
-            print(f"[ablation] drawing the shadow-correction grid: {', '.join(models)}")
+            models = {pair[s]["variant"]: pair[s]["model_uri"] for s in (True, False)}
             grid = shadow_grid(root, params, models)
+            print(f"[ablation] shadow-correction grid ({', '.join(models)}) -> {grid.relative_to(root)}")
         else:
             print("[ablation] no shadow-correction grid: the matrix lacks an evaluated shadow on/off pair")
 
@@ -461,9 +501,9 @@ def ablation_command(
 ) -> None:
     """The shadow correction x caption dropout matrix (params.yaml `ablation`) as DVC experiments, compared in MLflow.
 
-    Each variant runs as `dvc exp run --temp` (the workspace and params.yaml stay as they are); a
-    rerun skips the variants DVC already has for this commit. Writes reports/ablation.md and
-    reports/ablation.json, and the shadow-correction grid into reports/ablation/.
+    Each variant is a `dvc exp run --temp` of the current commit; a rerun skips what DVC already has.
+
+    Writes reports/ablation.md, reports/ablation.json and the shadow-correction grid (reports/ablation/).
     """
     from flows.prefect_api import owned_prefect_api
     from flows.settings import project_root

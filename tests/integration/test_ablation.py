@@ -132,7 +132,13 @@ def test_the_comparison_table_has_every_metric_per_variant(ablated):
     assert all(entry["validation_loss"] is not None for entry in summary["variants"])
 
     # The same table on the parent run, and the Markdown as its artifact.
-    logged = mlflow.load_table("ablation/comparison.json", run_ids=[first["parent_run_id"]])
+    parent = client.get_run(first["parent_run_id"])
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)  # load_table searches runs through the fluent API's store
+    try:
+        logged = client.load_table(parent.info.experiment_id, "ablation/comparison.json", run_ids=[parent.info.run_id])
+    finally:
+        mlflow.set_tracking_uri(previous)
     assert sorted(logged["variant"]) == sorted(VARIANTS)
     assert set(metrics_json["metrics"]) <= set(logged.columns)
     artifacts = {f.path for f in client.list_artifacts(first["parent_run_id"], "ablation")}

@@ -46,3 +46,12 @@ def test_unknown_profile_and_disagreeing_profiles_are_clear_errors(project):
     (project / "configs" / "profiles" / "odd.yaml").write_text("synth:\n  cells: 3\n")
     with pytest.raises(ValueError, match="profile 'odd' does not set"):
         check_profiles_agree(project)
+
+
+def test_params_read_as_yaml_1_2_like_dvc(tmp_path):
+    """`dvc exp run -S train.mixed_precision=no` writes `no` unquoted: it must stay the string."""
+    from components.params import load_params
+
+    (tmp_path / "params.yaml").write_text("train:\n  mixed_precision: no\n  ema: true\n  lr: 1.0e-4\n")
+    train = load_params(tmp_path)["train"]
+    assert train == {"mixed_precision": "no", "ema": True, "lr": 1e-4}
