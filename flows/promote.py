@@ -38,8 +38,9 @@ def _client(project_dir: str | Path):
 def register_trained_model(project_dir: str) -> dict[str, Any] | None:
     """Register models/pipeline from the run in models/train_run.json, with its evaluation as tags.
 
-    Idempotent: a run that already has a version is not registered again (``new`` is False and
-    no alias moves). A new version gets the alias ``challenger``.
+    Idempotent: a logged model that already has a version is not registered again (``new`` is
+    False and no alias moves); a resumed run that trained further logs a new model and gets a new
+    version. A new version gets the alias ``challenger``.
 
     Returns:
         ``{"model", "version", "run_id", "new"}``, or None when there is no trained pipeline yet.
@@ -58,9 +59,13 @@ def register_trained_model(project_dir: str) -> dict[str, Any] | None:
     record, report = json.loads(record_path.read_text()), json.loads(metrics_path.read_text())
     name = registry_settings(root)["model_name"]
     client = _client(root)
-    model_uri = record.get("model_uri") or log_pipeline_model(record["run_id"], root / MODELS_DIR / "pipeline",
-                                                              uri=client.tracking_uri)
-    before = registry.find_version_for_run(client, name, record["run_id"]) if _model_exists(client, name) else None
+    known = _model_exists(client, name)
+    model_uri = record.get("model_uri")
+    if not model_uri:  # train.log_model was off: log it now, once per run
+        logged = registry.find_version_for_run(client, name, record["run_id"]) if known else None
+        model_uri = logged.source if logged else log_pipeline_model(
+            record["run_id"], root / MODELS_DIR / "pipeline", uri=client.tracking_uri)
+    before = registry.find_version_for_model(client, name, record["run_id"], model_uri) if known else None
     version = registry.register_pipeline(client, name, record["run_id"], model_uri, report,
                                          lock_path=root / LOCK_FILE)
     new = before is None

@@ -189,10 +189,11 @@ def register_pipeline(
     *,
     lock_path: str | Path | None = None,
 ) -> Any:
-    """Register a logged pipeline model as a new version of `name`, once per run.
+    """Register a logged pipeline model as a new version of `name`, once per logged model.
 
-    Idempotent: when a version of `name` already comes from `run_id` (its source run, or its
-    ``mesa.run_id`` tag), that version is returned and nothing is written.
+    Idempotent: when a version of `name` already holds `model_uri` (for a ``models:/<model id>``
+    URI, the same logged model; for another source, the same run), that version is returned and
+    nothing is written. A resumed training run that logs a new model gets a new version.
 
     Args:
         client (mlflow.MlflowClient): a client for the tracking URI in use.
@@ -210,7 +211,7 @@ def register_pipeline(
     tags = {**metric_tags(metrics_report), RUN_ID_TAG: run_id}  # validated before anything is written
     with registry_lock(lock_path):
         _ensure_registered_model(client, name)
-        existing = find_version_for_run(client, name, run_id)
+        existing = find_version_for_model(client, name, run_id, model_uri)
         if existing is not None:
             return existing
         return _create_version(client, name, run_id, model_uri, tags)
@@ -226,6 +227,21 @@ def _create_version(client: Any, name: str, run_id: str, model_uri: str, tags: d
     with using_tracking_uri(client.tracking_uri):
         return client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags,
                                            model_id=match.group(1) if match else None)
+
+
+def find_version_for_model(client: Any, name: str, run_id: str, model_uri: str) -> Any | None:
+    """The version of `name` that already holds `model_uri`, or None.
+
+    A ``models:/<model id>`` URI is matched by the logged model's id; any other source by the run
+    it came from (`find_version_for_run`).
+    """
+    match = _MODEL_ID_URI.match(model_uri)
+    if not match:
+        return find_version_for_run(client, name, run_id)
+    # The version's source is the URI it was created from (MLflow 3.17 leaves model_id empty).
+    found = [v for v in all_versions(client, name)
+             if v.source == model_uri or getattr(v, "model_id", None) == match.group(1)]
+    return min(found, key=lambda v: int(v.version)) if found else None
 
 
 def find_version_for_run(client: Any, name: str, run_id: str) -> Any | None:

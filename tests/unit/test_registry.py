@@ -77,6 +77,21 @@ def test_registering_the_same_run_twice_gives_one_version(store):
     assert tags[f"metric.{JS}.direction"] == LOWER
 
 
+def test_a_resumed_run_that_logs_a_new_model_gets_a_new_version(store, tmp_path):
+    from components.model.pipeline import tiny_random_pipeline
+    from components.tracking.pyfunc import log_pipeline_model
+
+    client, uri, models = store
+    run_id, model_uri = models[1]
+    first = register_pipeline(client, "resumed", run_id, model_uri, report(0.5, 0.1))
+    # The same run, trained further (resumed from a checkpoint), logs another model.
+    tiny_random_pipeline(["A Sentinel-2 image of hills"], image_px=32).save_pretrained(tmp_path / "further")
+    further = log_pipeline_model(run_id, tmp_path / "further", uri=uri)
+    second = register_pipeline(client, "resumed", run_id, further, report(0.6, 0.1))
+    assert int(second.version) == int(first.version) + 1
+    assert register_pipeline(client, "resumed", run_id, further, report(0.6, 0.1)).version == second.version
+
+
 def test_none_metric_values_get_a_direction_but_no_value_tag(store):
     client, _, models = store
     version = register_pipeline(client, "nones", *models[0], report(None, 0.1))
