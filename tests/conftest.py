@@ -15,6 +15,35 @@ configure_environment(Path(__file__).resolve().parents[1])
 import pytest  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# What a copied project needs to run its pipeline (code, params, DAG, configs; no data).
+MICRO_PROJECT_FILES = ["params.yaml", "dvc.yaml", "prefect.yaml", "configs", "components", "flows", "infra",
+                       ".dvc/config", ".dvcignore", ".gitignore"]
+# DVC runs `mesa stage ...` in subprocesses: this interpreter's environment comes first on PATH.
+_BIN = str(Path(__import__("sys").executable).parent)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
+    os.environ["PATH"] = f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def make_micro_project(root: Path) -> Path:
+    """Copy the project's code and params into `root`, apply the micro profile, commit it to a new git repo."""
+    import shutil
+    import subprocess
+
+    from components.params import apply_profile
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in MICRO_PROJECT_FILES:
+        source = PROJECT_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, root / name)
+    apply_profile("micro", root)
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "micro project"]):
+        subprocess.run(command, cwd=root, check=True, capture_output=True, text=True)
+    return root
 
 
 def micro_synth_params(**overrides):

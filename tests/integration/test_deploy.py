@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.params import apply_profile, load_params
-from tests.conftest import PROJECT_ROOT
+from components.params import load_params
+from tests.conftest import PROJECT_ROOT, make_micro_project
 
 PROJECT_FILES = ["params.yaml", "dvc.yaml", "prefect.yaml", "configs", "components", "flows", "infra",
                  ".dvc/config", ".dvcignore", ".gitignore"]
@@ -35,19 +34,7 @@ def project(tmp_path_factory) -> Path:
 
 
 def make_project(root: Path) -> Path:
-    """Copy the project's code and params into `root`, apply the micro profile, commit it to a new git repo."""
-    for name in PROJECT_FILES:
-        source = PROJECT_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif source.exists():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source, root / name)
-    apply_profile("micro", root)
-    for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
-        subprocess.run(command, cwd=root, check=True, capture_output=True, text=True)
-    return root
+    return make_micro_project(root)
 
 
 def process_env(api_url: str) -> dict[str, str]:

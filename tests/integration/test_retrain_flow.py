@@ -5,27 +5,15 @@ Real Prefect (the test harness server), real DVC in a temporary git repository.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from components.params import apply_profile
-from tests.conftest import PROJECT_ROOT
-
-PROJECT_FILES = ["params.yaml", "dvc.yaml", "configs", "components", "flows", "infra", ".dvc/config", ".dvcignore",
-                 ".gitignore"]
-
+from tests.conftest import make_micro_project
 
 STAGES = ("synth", "validate", "captions", "prepare", "vae", "latents", "train", "evaluate")
-
-
-def _run(cmd, cwd):
-    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -35,20 +23,7 @@ def project(tmp_path_factory):
 
 
 def _fresh_project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    for name in PROJECT_FILES:
-        source = PROJECT_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif source.exists():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source, root / name)
-    apply_profile("micro", root)
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    _run(["git", "init", "-q"], root)
-    _run(["git", "add", "-A"], root)
-    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], root)
-    return root
+    return make_micro_project(tmp_path_factory.mktemp("project"))
 
 
 def _subflows(parent_flow_run_id):

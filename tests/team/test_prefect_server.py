@@ -2,51 +2,17 @@
 and its stage subflows are read back through that server's API, and its rows are in PostgreSQL."""
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import make_micro_project
 
-PROJECT_FILES = ["params.yaml", "dvc.yaml", "configs", "components", "flows", ".dvc/config", ".dvcignore",
-                 ".gitignore"]
 STAGES = ["synth", "validate"]
 
 
-def _git(args: list[str], cwd: Path) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True)
-
-
 @pytest.fixture(scope="module")
-def micro_project(tmp_path_factory, monkeypatch_module):
+def micro_project(tmp_path_factory):
     """A copy of the project in a fresh git repository, on the micro profile."""
-    from components.params import apply_profile
-
-    root = tmp_path_factory.mktemp("team-project")
-    for name in PROJECT_FILES:
-        source = PROJECT_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif source.exists():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source, root / name)
-    apply_profile("micro", root)
-    # DVC runs `mesa stage ...`: this interpreter's environment must come first on PATH.
-    monkeypatch_module.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    _git(["init", "-q"], root)
-    _git(["add", "-A"], root)
-    _git(["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "micro project"], root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
+    return make_micro_project(tmp_path_factory.mktemp("team-project"))
 
 
 def test_retrain_reports_to_the_team_prefect_server(team_servers, micro_project):

@@ -534,7 +534,7 @@ def test_augmentation_is_a_pure_function_of_seed_epoch_and_id():
     assert {augment_caption(CELL, seed, 0, "454U_120R") for seed in range(60)} != {first[0]}
     # ... and the same in another process with another hash seed (no use of Python's hash())
     code = ("from components.captions.builder import augment_caption; import json, sys; "
-            f"cell = json.loads(sys.argv[1]); print(json.dumps([augment_caption(cell, 42, 7, f'{{i}}U_3R') "
+            "cell = json.loads(sys.argv[1]); print(json.dumps([augment_caption(cell, 42, 7, f'{i}U_3R') "
             "for i in range(50)]))")
     import json
 
