@@ -78,7 +78,7 @@ class ValidationSet:
         with torch.no_grad():
             both = vae.encode(torch.cat([batch["rgb"], batch["dem"]]).to(device, vae.dtype)).latent_dist.mean
         image, dem = (both.float() * scale).chunk(2)
-        noise = fixed_validation_noise(len(items), tuple(image.shape[1:]), VALIDATION_SEED)
+        noise = fixed_validation_noise(len(image), tuple(image.shape[1:]), VALIDATION_SEED)
         return cls(image=image, dem=dem, mask=batch["mask_latent"].to(device), captions=list(batch["caption"]),
                    noise_image=noise.image_noise.to(device), noise_dem=noise.dem_noise.to(device),
                    timesteps=noise.timesteps.to(device), tokenizer=tokenizer, text_encoder=text_encoder,
