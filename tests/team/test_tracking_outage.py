@@ -1,16 +1,17 @@
-"""A real `mlflow server` goes down for 30 s in the middle of a run: training must not notice, and
-every step must reach the server once it is back."""
+"""A team's `mlflow server` (PostgreSQL backend) goes down for 30 s in the middle of a run: training
+must not notice, and every step must reach the server once it is back."""
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import numpy as np
 import pytest
 
 from components.tracking import runs
 from components.tracking.runs import RunLogger
-from components.tracking.server import start_mlflow_server
+from components.tracking.server import drop_database, ensure_database, postgres_url, start_mlflow_server
 
 OUTAGE_S = 30.0
 STEP_S = 0.1
@@ -40,7 +41,7 @@ def _wait_until(predicate, timeout):
 
 
 @pytest.mark.slow
-def test_training_continues_through_a_server_outage(tmp_path, monkeypatch):
+def test_training_continues_through_a_server_outage(postgres, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     # MLflow's own retries low (what configure_client_retries does for servers): our thread retries.
@@ -49,7 +50,9 @@ def test_training_continues_through_a_server_outage(tmp_path, monkeypatch):
     said: list[str] = []
     monkeypatch.setattr(runs, "_say", said.append)
 
-    server = start_mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts")
+    database = f"mesa_test_{uuid.uuid4().hex[:10]}_outage"
+    ensure_database(postgres, database)
+    server = start_mlflow_server(postgres_url(postgres, database, driver="psycopg2"), tmp_path / "artifacts")
     try:
         server.wait_healthy(180)
         logger = RunLogger.start("outage-drill", "drill", tmp_path / "project", uri=server.url,
@@ -89,3 +92,4 @@ def test_training_continues_through_a_server_outage(tmp_path, monkeypatch):
               f"{buffered} metrics buffered at its end")
     finally:
         server.stop()
+        drop_database(postgres, database)
