@@ -1,15 +1,15 @@
 """`mesa ablation`: shadow correction x caption dropout as DVC experiments, compared in MLflow.
 
-Every variant of the matrix in params.yaml ``ablation`` (shadow.enabled x
-captions.augmentation.caption_dropout) is one ``dvc exp run --temp -n VARIANT``: DVC runs the
-pipeline in a temporary copy of the repository (stages whose inputs did not change come back from
-its run cache; train and evaluate run) and records the experiment under the current commit.
+Wiring only; the matrix, the params each variant sets and the comparison table are
+:mod:`components.evaluation.ablation`.
 
-The variant's values are written into params.yaml for the length of its `dvc exp run` (DVC stashes
-the workspace into the experiment) and the file's bytes are put back afterwards, instead of
-``dvc exp run -S``: -S rewrites params.yaml with a YAML 1.2 dumper that drops the quotes of
-``mixed_precision: "no"``, and PyYAML (YAML 1.1, our params loader) then reads ``no`` as False. Each variant is a Prefect task whose log streams
-the experiment's output; the stage flows inside report to the same Prefect API as its subflows.
+Every variant of the matrix in params.yaml ``ablation`` (shadow.enabled x
+captions.augmentation.caption_dropout) is one ``dvc exp run --temp -n VARIANT -S KEY=VALUE ...``:
+DVC writes the overrides into the params.yaml of a temporary copy of the repository (the
+workspace's file is never touched), runs the pipeline there (stages whose inputs did not change
+come back from its run cache; train and evaluate run) and records the experiment under the
+current commit. Each variant is a Prefect task whose log streams the experiment's output; the
+stage flows inside report to the same Prefect API as its subflows.
 
 MLflow holds the comparison: one parent run in experiment ``ablation.experiment`` and, nested under
 it, the training run of every variant (tags ``mesa.variant``, ``mesa.shadow``,
@@ -26,16 +26,11 @@ the model registry: ablation models are compared, not promoted.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
-import itertools
 import json
 import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,9 +38,20 @@ import typer
 from prefect import flow, get_run_logger, task
 from prefect.runtime import task_run
 
-SHADOW_KEY = "shadow.enabled"
-DROPOUT_KEY = "captions.augmentation.caption_dropout"
-EXPERIMENT_KEY = "train.experiment"
+from components.evaluation.ablation import (
+    Variant,
+    comparison_rows,
+    expected_params,
+    experiments_of,
+    markdown_table,
+    matrix,
+    missing_keys,
+    real_reference,
+    rerun_reason,
+    set_param_args,
+    shadow_grid_models,
+)
+
 PARENT_ENV = "MESA_MLFLOW_PARENT_RUN_ID"
 TAGS_ENV = "MESA_MLFLOW_RUN_TAGS"
 BASELINE_TAG = "mesa.ablation.baseline"
@@ -60,108 +66,6 @@ class VariantFailed(RuntimeError):
     """`dvc exp run` of one variant exited non-zero; the message names it and ends with its last output."""
 
 
-# ----------------------------------------------------------------------------- the matrix
-@dataclass(frozen=True)
-class Variant:
-    """One cell of the matrix.
-
-    Attributes:
-        shadow (bool): train on the shadow-corrected image (params ``shadow.enabled``).
-        caption_dropout (bool): drop caption descriptors as in the paper
-            (``captions.augmentation.caption_dropout``).
-    """
-
-    shadow: bool
-    caption_dropout: bool
-
-    @property
-    def name(self) -> str:
-        """The DVC experiment name and MLflow ``mesa.variant`` tag, e.g. ``shadow-on_dropout-off``."""
-        return f"shadow-{_on(self.shadow)}_dropout-{_on(self.caption_dropout)}"
-
-    def overrides(self, experiment: str) -> dict[str, Any]:
-        """The params this variant sets (dotted keys); training logs into the ablation's experiment."""
-        return {SHADOW_KEY: self.shadow, DROPOUT_KEY: self.caption_dropout, EXPERIMENT_KEY: experiment}
-
-    def tags(self) -> dict[str, str]:
-        """MLflow tags of its training run."""
-        return {"mesa.variant": self.name, "mesa.shadow": _on(self.shadow),
-                "mesa.caption_dropout": _on(self.caption_dropout)}
-
-
-def _on(value: bool) -> str:
-    return "on" if value else "off"
-
-
-def matrix(settings: dict[str, Any]) -> list[Variant]:
-    """Every (shadow, caption_dropout) pair of params.yaml ``ablation``, shadow-major.
-
-    Args:
-        settings (dict): the ``ablation`` group: ``shadow`` and ``caption_dropout`` (lists of booleans).
-
-    Raises:
-        ValueError: when a factor is missing, empty, or holds something other than true / false.
-    """
-    factors = {}
-    for key in ("shadow", "caption_dropout"):
-        values = settings.get(key)
-        if not isinstance(values, list) or not values or not all(isinstance(v, bool) for v in values):
-            raise ValueError(f"params.yaml ablation.{key} must be a non-empty list of true/false, got {values!r}")
-        factors[key] = list(dict.fromkeys(values))
-    return [Variant(s, d) for s, d in itertools.product(factors["shadow"], factors["caption_dropout"])]
-
-
-def expected_params(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """params.yaml as a variant runs it: the workspace's params with the dotted overrides set, in JSON form."""
-    result = copy.deepcopy(params)
-    for dotted, value in overrides.items():
-        node = result
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return as_json(result)
-
-
-def as_json(value: Any) -> Any:
-    """`value` as it reads back from JSON (what `dvc exp show --json` gives: int keys become strings)."""
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-@contextlib.contextmanager
-def params_set(project_dir: Path, overrides: dict[str, Any]) -> Iterator[None]:
-    """params.yaml with the dotted `overrides` set (comments, order and quotes kept); its bytes come back after.
-
-    Raises:
-        KeyError: when params.yaml lacks a key the ablation sets (the matrix names keys it does not have).
-    """
-    from ruamel.yaml import YAML
-
-    from components.atomic import atomic_write
-
-    path = project_dir / "params.yaml"
-    original = path.read_bytes()
-    yaml_rt = YAML()  # round-trip; quotes kept so that "no" stays a string for YAML 1.1 readers
-    yaml_rt.preserve_quotes = True
-    yaml_rt.width = 4096  # no re-wrapping of long lines: the diff DVC records is the variant's values only
-    yaml_rt.representer.add_representer(type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null",
-                                                                                         "null"))
-    document = yaml_rt.load(original.decode("utf-8"))
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = document
-        for key in parents:
-            node = node.get(key) if hasattr(node, "get") else None
-        if node is None or leaf not in node:
-            raise KeyError(f"params.yaml has no {dotted!r}, which the ablation sets; restore it from git")
-        node[leaf] = value
-    atomic_write(path, lambda tmp: yaml_rt.dump(document, tmp))
-    try:
-        yield
-    finally:
-        atomic_write(path, lambda tmp: Path(tmp).write_bytes(original))
-
-
 # ----------------------------------------------------------------------------- DVC
 def _python_tool(*args: str) -> list[str]:
     """A DVC command from this interpreter's environment (also when `mesa` runs without an active venv)."""
@@ -169,26 +73,12 @@ def _python_tool(*args: str) -> list[str]:
 
 
 def dvc_experiments(project_dir: Path, baseline: str) -> dict[str, dict[str, Any]]:
-    """The DVC experiments of commit `baseline`: name -> {"rev", "params"} (params.yaml as the experiment ran it).
-
-    Failed or queued experiments are left out (DVC records no result for them).
-    """
+    """The finished DVC experiments of commit `baseline`: name -> {"rev", "params"} (see `experiments_of`)."""
     done = subprocess.run(_python_tool("exp", "show", "--json"), cwd=project_dir, capture_output=True, text=True,
                           check=False)
     if done.returncode != 0:
         raise RuntimeError(f"`dvc exp show --json` failed in {project_dir} (exit {done.returncode}):\n{done.stderr}")
-    found = {}
-    for row in json.loads(done.stdout or "[]"):
-        if row.get("rev") != baseline:
-            continue
-        for experiment in row.get("experiments") or []:
-            revs = experiment.get("revs") or []
-            if not revs or experiment.get("executor") or revs[0].get("error"):
-                continue
-            data = revs[0].get("data") or {}
-            params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
-            found[experiment.get("name") or revs[0].get("name")] = {"rev": revs[0]["rev"], "params": as_json(params)}
-    return found
+    return experiments_of(json.loads(done.stdout or "[]"), baseline)
 
 
 # ----------------------------------------------------------------------------- MLflow
@@ -233,73 +123,6 @@ def model_uri_of(client: Any, run: Any) -> str:
     return f"models:/{found[0].model_id}" if found else f"runs:/{run.info.run_id}/pipeline"
 
 
-# ----------------------------------------------------------------------------- the table
-def comparison_rows(entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """One flat row per variant and the direction of every metric column.
-
-    Args:
-        entries: per variant {"variant", "shadow", "caption_dropout", "run_id", "metrics":
-            metrics.json's ``metrics``, "validation_loss"}.
-
-    Returns:
-        (rows, directions): rows with the variant's factors, every metric value and the validation
-        loss; directions map each metric column to higher_is_better / lower_is_better.
-    """
-    directions: dict[str, str] = {}
-    for entry in entries:
-        for name, metric in (entry.get("metrics") or {}).items():
-            directions.setdefault(name, metric.get("direction", ""))
-    directions["validation_loss"] = "lower_is_better"
-    rows = []
-    for entry in entries:
-        row = {"variant": entry["variant"], "shadow_correction": _on(entry["shadow"]),
-               "caption_dropout": _on(entry["caption_dropout"])}
-        for name in directions:
-            metric = (entry.get("metrics") or {}).get(name) or {}
-            row[name] = entry.get("validation_loss") if name == "validation_loss" else metric.get("value")
-        row["run_id"] = entry.get("run_id")
-        rows.append(row)
-    return rows, directions
-
-
-def _best(rows: list[dict[str, Any]], name: str, direction: str) -> float | None:
-    """The column's best value; None when there is nothing to choose (fewer than two values, all equal)."""
-    values = [r[name] for r in rows if isinstance(r.get(name), (int, float))]
-    if len(set(values)) < 2 or direction not in ("higher_is_better", "lower_is_better"):
-        return None
-    return max(values) if direction == "higher_is_better" else min(values)
-
-
-def markdown_table(rows: list[dict[str, Any]], directions: dict[str, str], reference: dict[str, Any],
-                   header: dict[str, str], grid: str | None) -> str:
-    """reports/ablation.md: one row per variant, one column per metric (with its direction, best in bold)."""
-    arrows = {"higher_is_better": "higher is better", "lower_is_better": "lower is better"}
-    columns = ["variant", "shadow correction", "caption dropout"]
-    columns += [f"{name} ({arrows.get(d, d or 'no direction')})" for name, d in directions.items()] + ["MLflow run"]
-    lines = ["# Ablation: shadow correction x caption dropout", ""]
-    lines += [f"- {key}: {value}" for key, value in header.items()]
-    lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    best = {name: _best(rows, name, d) for name, d in directions.items()}
-    for row in rows:
-        cells = [row["variant"], row["shadow_correction"], row["caption_dropout"]]
-        for name in directions:
-            value = row.get(name)
-            text = "n/a" if value is None else f"{value:.4g}"
-            cells.append(f"**{text}**" if value is not None and value == best[name] else text)
-        cells.append(f"`{row['run_id']}`" if row.get("run_id") else "n/a")
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", ("Bold: the best value of its column (none when all are equal). n/a: the metric could not be "
-                   "computed for that model (e.g. too few held-out cells) or the variant has no evaluated MLflow run.")]
-    if reference:
-        values = ", ".join(f"{k} {v:.4g}" for k, v in reference.items())
-        lines += ["", (f"Real reference (the same metrics for real held-out cells against the training cells: "
-                       f"what real data scores): {values}.")]
-    if grid:
-        lines += ["", "## Shadow correction side by side (paper Table 4, same seed per row)", "",
-                  f"![shadow correction grid]({grid})"]
-    return "\n".join(lines) + "\n"
-
-
 # ----------------------------------------------------------------------------- the grid
 def shadow_grid(project_dir: Path, params: dict[str, Any], models: dict[str, str]) -> Path:
     """Draw the Table 4 captions with each model in `models` (label -> MLflow URI) side by side.
@@ -332,24 +155,23 @@ def shadow_grid(project_dir: Path, params: dict[str, Any], models: dict[str, str
 @task(task_run_name="variant {variant.name}")
 def run_variant(variant: Variant, project_dir: str, experiment: str, parent_run_id: str, uri: str,
                 baseline: str) -> dict[str, Any]:
-    """`dvc exp run --temp -n VARIANT` with the variant's params, streaming its output to the Prefect log."""
+    """`dvc exp run --temp -n VARIANT -S KEY=VALUE ...`, streaming its output to the Prefect log."""
     from flows.prefect_api import stage_process_env
     from flows.retrain import current_api_url
 
     logger = get_run_logger()
-    command = _python_tool("exp", "run", "--temp", "-n", variant.name)
     overrides = variant.overrides(experiment)
+    command = _python_tool("exp", "run", "--temp", "-n", variant.name, *set_param_args(overrides))
     env = stage_process_env(current_api_url(), task_run.id)
     # The temporary copy has no mlruns.db: point every run at the project's store, under the parent.
     env.update({"MLFLOW_TRACKING_URI": uri, PARENT_ENV: parent_run_id,
                 TAGS_ENV: json.dumps({**variant.tags(), BASELINE_TAG: baseline, "mlflow.runName": variant.name})})
     env.pop("MLFLOW_RUN_ID", None)  # a run id from the caller's shell would hijack the training run
-    logger.info("[%s] %s with %s", variant.name, " ".join(command[2:]),
-                ", ".join(f"{k}={v}" for k, v in overrides.items()))
+    logger.info("[%s] %s", variant.name, " ".join(command[2:]))
     started = time.perf_counter()
     tail: deque[str] = deque(maxlen=40)
-    with params_set(Path(project_dir), overrides), subprocess.Popen(
-            command, cwd=project_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+    with subprocess.Popen(command, cwd=project_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip()
@@ -388,6 +210,10 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
     settings = params.get("ablation") or {}
     variants = matrix(settings)
     experiment = str(settings.get("experiment") or "mesa-ablation")
+    missing = missing_keys(params, variants[0].overrides(experiment))
+    if missing:
+        raise KeyError(f"{root / 'params.yaml'} has no {', '.join(missing)}, which the ablation sets "
+                       "(`dvc exp run -S` only changes existing keys); restore them from git")
     commit, dirty = git_state(root)
     if commit == "unknown":
         raise RuntimeError(f"{root} is not a git repository with a commit: DVC experiments are recorded against "
@@ -417,21 +243,20 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
             wanted = expected_params(params, variant.overrides(experiment))
             have = known.get(variant.name)
             held = evaluated_run(client, experiment_id, variant, commit) if have else None
-            if have and dirty == "false" and have["params"] == wanted and held is not None:
+            why = rerun_reason(have, wanted, dirty, held is not None)
+            if why is None:
                 print(f"[ablation] {variant.name}: DVC has it (experiment {have['rev'][:7]}), run "
                       f"{held[0].info.run_id}; skipped")
                 outcomes[variant.name] = {"variant": variant.name, "ran": False, "seconds": 0.0}
                 continue
             if have:
-                why = "uncommitted changes" if dirty != "false" else ("its params differ" if have["params"] != wanted
-                                                                       else "MLflow has no evaluated run of it")
                 print(f"[ablation] {variant.name}: replacing the DVC experiment of the same name ({why})")
                 subprocess.run(_python_tool("exp", "remove", variant.name), cwd=root, check=True,
                                capture_output=True, text=True)
             outcomes[variant.name] = run_variant(variant, str(root), experiment, parent_id, uri, commit)
 
         # 3. Collect every variant's evaluation and validation loss from its training run.
-        entries, reference = [], {}
+        entries = []
         for variant in variants:
             held = evaluated_run(client, experiment_id, variant, commit)
             entry = {"variant": variant.name, "shadow": variant.shadow, "caption_dropout": variant.caption_dropout,
@@ -443,18 +268,14 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
                 run, report = held
                 entry.update(run_id=run.info.run_id, model_uri=model_uri_of(client, run), metrics=report["metrics"],
                              validation_loss=run.data.metrics.get(VALIDATION_METRIC))
-                for name, metric in report["metrics"].items():
-                    if metric.get("real_reference") is not None:
-                        reference.setdefault(name, metric["real_reference"])
             entries.append(entry)
         rows, directions = comparison_rows(entries)
+        reference = real_reference(entries)
 
         # 4. The side-by-side shadow-correction grid (caption dropout on, when the matrix has it).
         grid = None
-        dropout = any(v.caption_dropout for v in variants)
-        pair = {v.shadow: e for v, e in zip(variants, entries) if v.caption_dropout == dropout and e["model_uri"]}
-        if True in pair and False in pair:
-            models = {pair[s]["variant"]: pair[s]["model_uri"] for s in (True, False)}
+        models = shadow_grid_models(entries)
+        if models:
             grid = shadow_grid(root, params, models)
             print(f"[ablation] shadow-correction grid ({', '.join(models)}) -> {grid.relative_to(root)}")
         else:

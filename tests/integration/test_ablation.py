@@ -1,7 +1,8 @@
 """`mesa ablation`: the shadow correction x caption dropout matrix as DVC experiments, compared in MLflow.
 
-Real DVC (experiments in temporary copies of a fresh git repository), real MLflow (the project's
-SQLite store), real Prefect (the test harness server), the micro profile.
+Real DVC (`dvc exp run --temp -S` in temporary copies of a fresh git repository), real MLflow (the
+project's SQLite store), real Prefect (the test harness server), the micro profile. The table's
+own logic has fast tests in tests/unit/test_ablation_table.py.
 """
 from __future__ import annotations
 
@@ -96,6 +97,9 @@ def test_four_variants_train_as_tagged_runs_under_one_parent(ablated):
         # The params DVC ran it with reached the run: the variant is what was trained.
         assert run.data.params["shadow.enabled"] == json.dumps(shadow == "on")
         assert run.data.params["captions.augmentation.caption_dropout"] == json.dumps(dropout == "on")
+        assert run.data.params["train.experiment"] == EXPERIMENT
+        # -S rewrites params.yaml with `mixed_precision: no` unquoted: training still reads the string.
+        assert run.data.params["train.mixed_precision"] == "no"
         assert any(key.startswith("eval/") for key in run.data.metrics)  # the evaluate stage logged onto it
     parent = client.get_run(first["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.info.experiment_id == runs[0].info.experiment_id
@@ -110,6 +114,7 @@ def test_four_variants_train_as_tagged_runs_under_one_parent(ablated):
     assert set(experiments) == VARIANTS
     assert experiments["shadow-off_dropout-on"]["shadow"]["enabled"] is False
     assert experiments["shadow-off_dropout-on"]["captions"]["augmentation"]["caption_dropout"] is True
+    assert {e["train"]["mixed_precision"] for e in experiments.values()} == {"no"}
 
 
 def test_the_comparison_table_has_every_metric_per_variant(ablated):
