@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # What a copied project needs to run its pipeline (code, params, DAG, configs; no data).
 MICRO_PROJECT_FILES = ["params.yaml", "dvc.yaml", "prefect.yaml", "configs", "components", "flows", "infra",
-                       ".dvc/config", ".dvcignore", ".gitignore"]
+                       ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"]
 # DVC runs `mesa stage ...` in subprocesses: this interpreter's environment comes first on PATH.
 _BIN = str(Path(__import__("sys").executable).parent)
 if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -16,11 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from components.params import apply_profile
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import make_micro_project
 
-PROJECT_FILES = ["params.yaml", "dvc.yaml", "configs", "components", "flows", "infra", ".dvc/config",
-                 ".dvc/.gitignore", ".dvcignore", ".gitignore"]
 VARIANTS = {"shadow-on_dropout-on", "shadow-on_dropout-off", "shadow-off_dropout-on", "shadow-off_dropout-off"}
 EXPERIMENT = "mesa-ablation"
 
@@ -48,19 +44,7 @@ def ablated(tmp_path_factory, prefect_api):
     from flows.ablation import ablation_flow
 
     assert not os.environ.get("MLFLOW_TRACKING_URI"), "the test logs to the project's own SQLite store"
-    root = tmp_path_factory.mktemp("ablation-project")
-    for name in PROJECT_FILES:
-        source = PROJECT_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif source.exists():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source, root / name)
-    apply_profile("micro", root)
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    _git(root, "init", "-q")
-    _git(root, "add", "-A")
-    _git(root, "commit", "-qm", "init")
+    root = make_micro_project(tmp_path_factory.mktemp("ablation-project"))
 
     # A champion that exists before the ablation: ablation runs must leave every alias alone.
     client = MlflowClient(tracking_uri(root))
