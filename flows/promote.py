@@ -94,16 +94,20 @@ def current_evaluation(project_dir: str | Path, model: str, label: str) -> dict[
     return evaluate_stage_flow(project_dir=str(project_dir), model=model, reports_dir=str(out))
 
 
-def _refresh_if_stale(root: Path, client, name: str, version, fingerprint: str | None) -> None:
-    """Re-evaluate `version` when its evaluation is not the current one, and retag it."""
+def _refresh_if_stale(root: Path, client, name: str, version, fingerprint: str | None) -> str | None:
+    """Re-evaluate `version` when its evaluation is not the current one (or there is no current one
+    in this checkout), retag it, and return the fingerprint its metrics now carry."""
     from components.tracking import registry
 
-    if version is None or (version.tags or {}).get(registry.EVALUATION_TAG) == fingerprint:
-        return
-    print(f"[promote] version {version.version} was evaluated on another held-out set or metric code: "
-          "evaluating it again")
+    if version is None:
+        return fingerprint
+    if fingerprint is not None and (version.tags or {}).get(registry.EVALUATION_TAG) == fingerprint:
+        return fingerprint
+    print(f"[promote] version {version.version} was not evaluated on this checkout's held-out set and "
+          "metric code: evaluating it again")
     report = current_evaluation(root, f"models:/{name}/{version.version}", f"{name}-v{version.version}")
     registry.retag_evaluation(client, name, version.version, report)
+    return report.get("evaluation_fingerprint")
 
 
 @task(name="promotion gate")
@@ -125,8 +129,8 @@ def promote_challenger(project_dir: str, version: int | None = None) -> dict[str
     if challenger is None:
         raise LookupError(f"registered model {name!r} has no challenger: run `mesa retrain` (it registers the "
                           "trained pipeline) or pass --version")
-    current = _current_fingerprint(root)
-    _refresh_if_stale(root, client, name, challenger, current)
+    # Without reports/metrics.json (e.g. a fresh checkout) the challenger's new evaluation is the reference.
+    current = _refresh_if_stale(root, client, name, challenger, _current_fingerprint(root))
     _refresh_if_stale(root, client, name, registry.get_alias_version(client, name, registry.CHAMPION), current)
     decision = registry.promote(client, name, gate, challenger.version, lock_path=root / LOCK_FILE)
     champion = registry.get_alias_version(client, name, registry.CHAMPION)

@@ -190,6 +190,18 @@ def test_promotion_moves_champion_for_a_better_challenger_not_a_broken_one_then_
     assert promote_flow(project_dir=str(project), rollback=True)["champion"] == 1
     assert int(get_alias_version(client, "mesa", CHAMPION).version) == 1
 
+    # The evaluation changes (other sampling settings) together with a new model: the champion,
+    # evaluated the old way, is evaluated again the new way before the two are compared.
+    _set_params(project, evaluate__steps=4, train__learning_rate=0.001, train__steps=48)
+    changed = retrain(project_dir=str(project))
+    assert {"train", "evaluate"} <= {s["stage"] for s in changed["stages"] if s["ran"]}
+    current = json.loads((project / "reports/metrics.json").read_text())["evaluation_fingerprint"]
+    champion_v1 = client.get_model_version("mesa", "1")
+    assert champion_v1.tags["mesa.evaluation_fingerprint"] == current  # retagged before the decision
+    assert (project / "reports/evaluations/mesa-v1/metrics.json").exists()
+    assert changed["promotion"]["compared"]["heldout_denoising_loss"]["champion"] == float(
+        champion_v1.tags["metric.heldout_denoising_loss"])
+
 
 def test_a_failing_stage_fails_the_flow_and_names_the_stage(project, prefect_api, tmp_path):
     from flows.retrain import StageFailed, retrain
