@@ -72,8 +72,33 @@ def run_as_subflow(flow: Any, **parameters: Any) -> Any:
     from prefect.states import Pending
 
     with get_client(sync_client=True) as client:
+        _wait_for_task_run(client, UUID(parent))
         flow_run = client.create_flow_run(
             flow=flow, parameters=flow.serialize_parameters(parameters), state=Pending(),
             parent_task_run_id=UUID(parent),
         )
     return run_flow(flow, flow_run=flow_run, parameters=parameters)
+
+
+def _wait_for_task_run(client: Any, task_run_id: UUID, timeout_s: float = 120.0) -> None:
+    """Wait until the server has recorded the parent task run.
+
+    The server records task runs from events, a moment after they start; a subflow created before
+    that violates its foreign key (409 Conflict on PostgreSQL; SQLite does not check it).
+    """
+    import time
+
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + timeout_s
+    delay = 0.1
+    while True:
+        try:
+            client.read_task_run(task_run_id)
+            return
+        except ObjectNotFound:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the parent task run {task_run_id} never appeared on the Prefect server "
+                                   f"within {timeout_s:.0f} s: is the stage reporting to the run's server?") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)

@@ -60,6 +60,21 @@ def micro_synth_params(**overrides):
     return SynthParams(**synth)
 
 
+@pytest.fixture(autouse=True)
+def _tracking_uri_not_leaked():
+    """A test that leaves MLFLOW_TRACKING_URI changed would send every later test's runs to its store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    after = os.environ.get("MLFLOW_TRACKING_URI")
+    if after != before:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+        pytest.fail(f"the test left MLFLOW_TRACKING_URI={after!r} (was {before!r}): restore it "
+                    "(components.tracking.pyfunc.using_tracking_uri, or monkeypatch)")
+
+
 @pytest.fixture(scope="session")
 def micro_world(tmp_path_factory):
     """One synthetic micro world (with its deliberately broken rows) for every test that reads data."""

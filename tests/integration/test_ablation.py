@@ -104,6 +104,8 @@ def test_four_variants_train_as_tagged_runs_under_one_parent(ablated):
 def test_the_comparison_table_has_every_metric_per_variant(ablated):
     import mlflow
 
+    from components.tracking.pyfunc import using_tracking_uri
+
     root, client, first = ablated["root"], ablated["client"], ablated["first"]
     table = ablated["table"]
     rows = [line for line in table.splitlines() if line.startswith("| shadow-")]
@@ -122,12 +124,9 @@ def test_the_comparison_table_has_every_metric_per_variant(ablated):
 
     # The same table on the parent run, and the Markdown as its artifact.
     parent = client.get_run(first["parent_run_id"])
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(client.tracking_uri)  # load_table searches runs through the fluent API's store
-    try:
+    # load_table searches runs through the fluent API's store; the context restores it (and the env).
+    with using_tracking_uri(client.tracking_uri):
         logged = client.load_table(parent.info.experiment_id, "ablation/comparison.json", run_ids=[parent.info.run_id])
-    finally:
-        mlflow.set_tracking_uri(previous)
     assert sorted(logged["variant"]) == sorted(VARIANTS)
     assert set(metrics_json["metrics"]) <= set(logged.columns)
     artifacts = {f.path for f in client.list_artifacts(first["parent_run_id"], "ablation")}

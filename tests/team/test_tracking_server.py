@@ -130,7 +130,6 @@ def logged_models(team_servers, tmp_path_factory):
 
 def test_champion_loads_stay_whole_while_promotions_and_rollback_move_it(team_servers, mlflow_client,
                                                                          logged_models, monkeypatch, tmp_path):
-    import mlflow
 
     from components.tracking.registry import (
         PromotionGate,
@@ -150,8 +149,11 @@ def test_champion_loads_stay_whole_while_promotions_and_rollback_move_it(team_se
     assert promote(client, name, gate, v1, lock_path=lock).promote
 
     # The loader resolves models:/ through the global tracking URI.
+    # (monkeypatch restores both after the test: later tests must not talk to a stopped server)
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", team_servers.mlflow_url)
-    mlflow.set_tracking_uri(team_servers.mlflow_url)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", team_servers.mlflow_url)
     loader = ChampionLoader()
     reigns = [(v1, 0.0)]  # (version, monotonic time its alias move began)
     moves = []  # (before, after) of every alias move
