@@ -52,8 +52,7 @@ def promote(
     rollback: bool = typer.Option(False, "--rollback", help="Move champion back to the previous champion."),
     version: Optional[int] = typer.Option(None, help="Judge this version instead of the challenger alias."),
 ) -> None:
-    """Judge the challenger against the champion with the gate in params (registry.gate); move
-    champion only if it passes. Both are compared on the current held-out evaluation."""
+    """Judge the challenger against the champion (gate: params registry.gate); move champion only if it passes."""
     from flows.prefect_api import owned_prefect_api
     from flows.promote import decision_summary, promote_flow
 
