@@ -16,30 +16,35 @@ def micro_project(tmp_path_factory):
 
 
 def test_retrain_reports_to_the_team_prefect_server(team_servers, micro_project):
+    """`mesa retrain` in its own process with PREFECT_API_URL set, as a team member runs it.
+
+    (In-process, this session's test-harness server would still receive the run's events: Prefect's
+    event and log workers stay bound to the first API a process uses.)
+    """
+    import os
+    import subprocess
+    import sys
+
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from components.tracking.server import connect_postgres
-    from flows.prefect_api import _drain_to_server
-    from flows.retrain import retrain
+
+    command = [sys.executable, "-m", "flows.cli", "retrain"] + [a for s in STAGES for a in ("--stage", s)]
+    env = dict(os.environ, PREFECT_API_URL=team_servers.prefect_api_url)
+    done = subprocess.run(command, cwd=micro_project, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"Prefect API for this run: {team_servers.prefect_api_url}" in done.stdout  # no ephemeral server
+    for stage in STAGES:
+        assert f"{stage:10s} ran" in done.stdout
 
     with temporary_settings({PREFECT_API_URL: team_servers.prefect_api_url}):
-        assert str(get_current_settings().api.url) == team_servers.prefect_api_url
-        try:
-            state = retrain(project_dir=str(micro_project), stages=STAGES, return_state=True)
-            outcome = state.result()
-        finally:
-            _drain_to_server()  # logs and events reach the server before it is stopped
-        ran = outcome["stages"] if isinstance(outcome, dict) else outcome
-        assert [(r["stage"], r["ran"]) for r in ran] == [(s, True) for s in STAGES]
-        run_id = state.state_details.flow_run_id
-
         with get_client(sync_client=True) as client:
             assert str(client.api_url).rstrip("/") == team_servers.prefect_api_url
-            flow_run = client.read_flow_run(run_id)
+            (flow_run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])))
+            run_id = flow_run.id
             assert flow_run.state.is_completed()
-            assert client.read_flow(flow_run.flow_id).name == "retrain"
             assert flow_run.parameters["stages"] == STAGES
             subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
                 parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
