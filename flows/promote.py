@@ -72,7 +72,7 @@ def register_trained_model(project_dir: str) -> dict[str, Any] | None:
     if new:
         registry.set_alias(client, name, registry.CHALLENGER, version.version)
     print(f"[register] {name} version {version.version} "
-          f"{'registered (alias challenger)' if new else 'already registered for this run: nothing new'}")
+          f"{'registered (alias challenger)' if new else 'already registered (this logged model): nothing new'}")
     return {"model": name, "version": int(version.version), "run_id": record["run_id"], "new": new}
 
 
