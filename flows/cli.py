@@ -14,7 +14,7 @@ import typer  # noqa: E402
 
 app = typer.Typer(help="MESA text-to-terrain: data, training and MLOps pipeline.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
-data_app = typer.Typer(help="Data steps that are useful alone (synth, validate, captions, summary).",
+data_app = typer.Typer(help="Data steps that are useful alone (synth, ingest, validate, captions, summary).",
                        no_args_is_help=True)
 profile_app = typer.Typer(help="Parameter profiles (demo, micro, paper).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -151,6 +151,77 @@ def data_synth(
     typer.echo(f"Wrote {report['cells_total']} cells ({report['cells_broken']} deliberately broken) in "
                f"{report['shards']} shards per source, {report['bytes'] / 1e6:.1f} MB, "
                f"{report['seconds']:.1f} s -> {out}/")
+
+
+@data_app.command("ingest")
+def data_ingest(
+    out: Optional[Path] = typer.Option(None, help="Ingest folder (default: params data.ingest.out_dir, data/majortom)."),
+    metadata: Optional[list[str]] = typer.Option(
+        None, "--metadata", help="SOURCE=PATH_OR_URL of a metadata.parquet (repeatable; s2l2a, s2l1c, dem)."),
+    base_url: Optional[str] = typer.Option(None, help="Relative --metadata entries are URLs under this."),
+    bbox: Optional[str] = typer.Option(None, help="Region as min_lon,min_lat,max_lon,max_lat (degrees)."),
+    region_file: Optional[Path] = typer.Option(None, help="Region as any OGR polygon file (GeoPackage, GeoJSON, ...)."),
+    date_from: Optional[str] = typer.Option(None, help="First acquisition date (ISO, inclusive)."),
+    date_to: Optional[str] = typer.Option(None, help="Last acquisition date (ISO, inclusive)."),
+    cloud_min: Optional[float] = typer.Option(None, help="Minimum cloud cover, percent."),
+    cloud_max: Optional[float] = typer.Option(None, help="Maximum cloud cover, percent."),
+    nodata_max: Optional[float] = typer.Option(None, help="Maximum no-data fraction (0-1)."),
+    l1c: Optional[bool] = typer.Option(None, "--l1c/--no-l1c", help="Also fetch S2L1C and keep only cells that have it."),
+    sample: Optional[int] = typer.Option(None, help="Draw this many cells at random after filtering."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the random sample."),
+    max_cells: Optional[int] = typer.Option(None, help="Cap on cells (the first in grid_cell order)."),
+    concurrency: Optional[int] = typer.Option(None, help="Cells fetched at the same time."),
+    retries: Optional[int] = typer.Option(None, help="Extra attempts for dropped connections, timeouts, 5xx."),
+    progress: bool = typer.Option(True, help="Show a progress bar (cells and bytes)."),
+) -> None:
+    """Fetch a filtered subset of real Major TOM (only the needed row groups and columns) into OUT.
+
+    Defaults come from params data.ingest; options override them for this run only (the DVC
+    stage `ingest` reads params alone). A rerun fetches only what is missing or failed.
+    """
+    from components.majortom.ingest import IngestConfig, failure_verdict, run_ingest, summary_line
+    from components.params import load_params
+
+    root = _root()
+    params = load_params(root) if (root / "params.yaml").exists() else {}
+    settings = dict((params.get("data") or {}).get("ingest") or {})
+    filters = dict(settings.get("filters") or {})
+    for entry in metadata or []:
+        source, sep, location = entry.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--metadata {entry!r}: write SOURCE=PATH_OR_URL, e.g. dem=data/dem/metadata.parquet")
+        settings.setdefault("metadata", {})
+        settings["metadata"] = {**settings["metadata"], source: location}
+    if base_url is not None:
+        settings["base_url"] = base_url
+    if bbox is not None:
+        try:
+            filters["bbox"] = [float(v) for v in bbox.split(",")]
+        except ValueError:
+            raise typer.BadParameter(f"--bbox {bbox!r}: write min_lon,min_lat,max_lon,max_lat") from None
+    if region_file is not None:
+        filters["region_file"] = str(region_file)
+    dates = list(filters.get("date_range") or [None, None])
+    clouds = list(filters.get("cloud_cover") or [0.0, 100.0])
+    nodata = list(filters.get("nodata") or [0.0, 1.0])
+    for values, index, value in ((dates, 0, date_from), (dates, 1, date_to), (clouds, 0, cloud_min),
+                                 (clouds, 1, cloud_max), (nodata, 1, nodata_max)):
+        if value is not None:
+            values[index] = value
+    filters.update(date_range=dates, cloud_cover=clouds, nodata=nodata)
+    settings["filters"] = filters
+    for key, value in dict(need_l1c=l1c, sample=sample, seed=seed, max_cells=max_cells,
+                           concurrency=concurrency, retries=retries).items():
+        if value is not None:
+            settings[key] = value
+    config = IngestConfig(**settings)
+    folder = out or root / config.out_dir
+    report = run_ingest(config, folder, base_dir=root, progress=progress, log=lambda line: typer.echo(line, err=True))
+    typer.echo(summary_line(report, folder) + f" in {report['seconds']:.1f} s")
+    verdict = failure_verdict(report, config.max_failed_share)
+    if verdict:
+        typer.echo(verdict, err=True)
+        raise typer.Exit(1)
 
 
 @data_app.command("summary")

@@ -56,7 +56,9 @@ def data_version(root: Path) -> str:
         return "no dvc.lock yet"
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
     parts = []
-    for stage, path in (("synth", "data/raw"), ("prepare", "data/samples")):
+    raw_dir = str((load_params(root).get("data") or {}).get("raw_dir", "data/raw"))
+    # The raw data is synth's out or, with data.source ingest, ingest's (both named by raw_dir).
+    for stage, path in (("synth", "data/raw"), ("ingest", raw_dir), ("prepare", "data/samples")):
         for out in (stages.get(stage) or {}).get("outs") or []:
             if out.get("path") == path:
                 parts.append(f"{path} {out['md5'][:12]}")

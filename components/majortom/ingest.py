@@ -53,6 +53,7 @@ class IngestConfig(Selection):
 
     Attributes:
         metadata: per source, its metadata.parquet as a local path (relative to the project) or URL.
+        base_url: when set, relative `metadata` entries are URLs under it (keeps params lines short).
         out_dir: where the local shards, metadata and manifest go (a DVC out; not data/raw).
         cells_per_shard: cells per local shard (few large files: DVC is slow with many small ones).
         concurrency: cells fetched at the same time (threads).
@@ -65,6 +66,7 @@ class IngestConfig(Selection):
     model_config = ConfigDict(extra="forbid")
 
     metadata: dict[str, str] = Field(default_factory=dict)
+    base_url: Optional[str] = None
     out_dir: str = "data/majortom"
     cells_per_shard: int = Field(64, ge=1)
     concurrency: int = Field(8, ge=1)
@@ -72,6 +74,13 @@ class IngestConfig(Selection):
     backoff_s: float = Field(1.0, ge=0)
     timeout_s: float = Field(120.0, gt=0)
     max_failed_share: float = Field(0.0, ge=0, le=1)
+
+    def location(self, source: str) -> str:
+        """Where `source`'s metadata.parquet is: a URL, or a path relative to the project."""
+        entry = self.metadata[source]
+        if self.base_url and "://" not in entry and not entry.startswith("/"):
+            return urljoin(self.base_url.rstrip("/") + "/", entry)
+        return entry
 
 
 @dataclass
@@ -147,7 +156,7 @@ def _plan(selected, config: IngestConfig, base_dir: Path) -> tuple[list[_Item], 
         layout = shard_layout(rows["grid_cell"], config.cells_per_shard)
         layouts[source] = layout
         where = {cell: k for k, cells in enumerate(layout) for cell in cells}
-        location = config.metadata[source]
+        location = config.location(source)
         for cell, parquet_url, parquet_row in zip(rows["grid_cell"], rows["parquet_url"], rows["parquet_row"]):
             k = where[cell]
             items.append(_Item(source, cell, shard_url(location, str(parquet_url)), int(parquet_row),
@@ -186,7 +195,7 @@ def run_ingest(config: IngestConfig, out_dir: str | Path, *, base_dir: str | Pat
                          "give each source's metadata.parquet as a path or URL")
     metadata, metadata_sha = {}, {}
     for source in sources:
-        metadata[source], metadata_sha[source] = metadata_frame(_local(config.metadata[source], base_dir), source)
+        metadata[source], metadata_sha[source] = metadata_frame(_local(config.location(source), base_dir), source)
     selected = select_cells(metadata, config)
     log(f"[ingest] selected {len(selected.cells)} cells ({json.dumps(selected.counts)})")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from components.params import load_params
 from flows.prefect_api import run_as_subflow
 
-STAGES = ("synth", "validate", "captions", "prepare", "vae", "latents", "train", "evaluate")
+STAGES = ("synth", "ingest", "validate", "captions", "prepare", "vae", "latents", "train", "evaluate")
 
 
 def stage_flow(name: str):

@@ -1,4 +1,5 @@
-"""`mesa stage synth`: the synthetic Major TOM world (or a note that real shards are read elsewhere)."""
+"""`mesa stage synth`: the synthetic Major TOM world (or a note that real shards are read elsewhere:
+ingested by the ingest stage, or placed by hand)."""
 from __future__ import annotations
 
 import shutil
@@ -27,17 +28,18 @@ def synth_stage_flow(project_dir: str) -> dict:
     synth = SynthParams(**params.get("synth", {}))
     out = root / SYNTH_OUT
     source, raw_dir = params["data"]["source"], Path(params["data"]["raw_dir"])
-    if source == "majortom":
+    if source in ("majortom", "ingest"):
         if raw_dir == SYNTH_OUT:
-            raise SystemExit(f"data.source is majortom but data.raw_dir is {SYNTH_OUT}, the synth stage's own "
+            raise SystemExit(f"data.source is {source} but data.raw_dir is {SYNTH_OUT}, the synth stage's own "
                              "output (DVC clears it before each run): put real shards in another folder, e.g. "
                              "data/majortom, and set data.raw_dir to it")
         out.mkdir(parents=True, exist_ok=True)
-        (out / "SOURCE.txt").write_text(f"data.source is majortom: stages read real shards from {raw_dir}\n")
+        (out / "SOURCE.txt").write_text(f"data.source is {source}: stages read real shards from {raw_dir}\n")
         write_json_atomic(root / REPORTS_DIR / "synth.json", {"source": source, "raw_dir": str(raw_dir)})
         return {"source": source}
     if source != "synth" or raw_dir != SYNTH_OUT:
-        raise SystemExit(f"data.source must be synth (with data.raw_dir {SYNTH_OUT}) or majortom; "
+        raise SystemExit(f"data.source must be synth (with data.raw_dir {SYNTH_OUT}), ingest (the ingest stage "
+                         f"fetches into data.ingest.out_dir) or majortom (shards you placed in data.raw_dir); "
                          f"got source={source!r}, raw_dir={str(raw_dir)!r}")
     # DVC owns the folder: rebuild it whole so no shard of an earlier, larger world survives.
     staging = out.with_name(out.name + ".building")

@@ -13,7 +13,7 @@ import yaml
 
 from tests.conftest import make_micro_project
 
-STAGES = ("synth", "validate", "captions", "prepare", "vae", "latents", "train", "evaluate")
+STAGES = ("synth", "ingest", "validate", "captions", "prepare", "vae", "latents", "train", "evaluate")
 
 
 @pytest.fixture(scope="module")
