@@ -57,6 +57,14 @@ class MirrorServer:
             items = [self.served.get(path, [])] if path else list(self.served.values())
             return sum(end - start for ranges in items for start, end in ranges)
 
+    def clear_faults(self) -> None:
+        """No faults, no aliases, no latency; drop_once faults armed again when next set."""
+        with self._lock:
+            self.faults.clear()
+            self.aliases.clear()
+            self._dropped.clear()
+            self.latency_s = 0.0
+
     def reset_counts(self) -> None:
         with self._lock:
             self.served.clear()
