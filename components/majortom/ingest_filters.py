@@ -15,7 +15,8 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from datetime import date
+from typing import Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -44,7 +45,8 @@ class IngestFilters(BaseModel):
 
     bbox: Optional[tuple[float, float, float, float]] = None
     region_file: Optional[str] = None
-    date_range: tuple[Optional[str], Optional[str]] = (None, None)
+    # YAML reads an unquoted 2020-01-01 as a date: both spellings are accepted.
+    date_range: tuple[Optional[Union[date, str]], Optional[Union[date, str]]] = (None, None)
     cloud_cover: tuple[float, float] = (0.0, 100.0)
     nodata: tuple[float, float] = (0.0, 1.0)
 
