@@ -24,8 +24,9 @@ if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
     os.environ["PATH"] = f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-def make_micro_project(root: Path) -> Path:
-    """Copy the project's code and params into `root`, apply the micro profile, commit it to a new git repo."""
+def make_micro_project(root: Path, profile: str = "micro") -> Path:
+    """Copy the project's code and params into `root`, apply `profile` (micro unless a test needs the
+    demo world), commit it to a new git repo."""
     import shutil
     import subprocess
 
@@ -39,9 +40,9 @@ def make_micro_project(root: Path) -> Path:
         elif source.exists():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, root / name)
-    apply_profile("micro", root)
+    apply_profile(profile, root)
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "micro project"]):
+                    ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", f"{profile} project"]):
         subprocess.run(command, cwd=root, check=True, capture_output=True, text=True)
     return root
 
