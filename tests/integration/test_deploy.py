@@ -55,7 +55,7 @@ def background(command: list[str], cwd: Path, env: dict[str, str], log: Path) ->
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=90)  # pausing the schedules on a loaded server can take a while
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
