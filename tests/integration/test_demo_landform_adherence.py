@@ -3,7 +3,7 @@ tiny model's generated DEMs have the landform their captions ask for more often 
 more often than the same model given captions shuffled across cells.
 
 The whole DAG under real DVC on the demo profile (what `make demo` trains), fixed seeds, at least
-60 generations. The heaviest test of the suite (~10 minutes on 2 cores): the micro world is too
+60 generations. The heaviest test of the suite (12 minutes on 2 cores): the micro world is too
 small for a model to learn what the captions say.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ def test_the_trained_demo_model_generates_the_landform_its_caption_asks_for(pref
     from components.params import load_params
 
     root = make_micro_project(tmp_path / "demo", profile="demo")
-    # Its thousands of log lines stay out of the shared server (the flow runs and states still go there).
+    # Its training logs stay out of the shared server (the flow runs and states still go there).
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "DVC_NO_ANALYTICS": "1",
            "PREFECT_LOGGING_TO_API_ENABLED": "false"}
     result = subprocess.run([sys.executable, "-m", "dvc", "repro", "evaluate"], cwd=root, env=env,
