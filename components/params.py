@@ -90,7 +90,8 @@ def apply_profile(name: str, project_dir: str | Path = ".") -> dict[str, tuple[A
             changed[dotted] = (node[leaf], value)
             node[leaf] = value
     if changed:
-        atomic_write(path, lambda tmp: yaml_rt.dump(document, tmp))
+        # keep_mode: a params.yaml the user made private (or shared) stays so.
+        atomic_write(path, lambda tmp: yaml_rt.dump(document, tmp), keep_mode=True)
     return changed
 
 

@@ -156,6 +156,7 @@ def shadow_grid(project_dir: Path, params: dict[str, Any], models: dict[str, str
 def run_variant(variant: Variant, project_dir: str, experiment: str, parent_run_id: str, uri: str,
                 baseline: str) -> dict[str, Any]:
     """`dvc exp run --temp -n VARIANT -S KEY=VALUE ...`, streaming its output to the Prefect log."""
+    from components.processes import run_streaming
     from flows.prefect_api import stage_process_env
     from flows.retrain import current_api_url
 
@@ -170,16 +171,15 @@ def run_variant(variant: Variant, project_dir: str, experiment: str, parent_run_
     logger.info("[%s] %s", variant.name, " ".join(command[2:]))
     started = time.perf_counter()
     tail: deque[str] = deque(maxlen=40)
-    with subprocess.Popen(command, cwd=project_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=env) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            if line:
-                tail.append(line)
-                logger.info("[%s] %s", variant.name, line)
-    if proc.returncode != 0:
-        raise VariantFailed(f"ablation variant {variant.name!r} failed (dvc exp run exit {proc.returncode}); "
+
+    def show(line: str) -> None:
+        tail.append(line)
+        logger.info("[%s] %s", variant.name, line)
+
+    # Its own process group: stopping the ablation (SIGTERM, Ctrl-C) stops the variant's whole run.
+    returncode = run_streaming(command, cwd=project_dir, env=env, on_line=show)
+    if returncode != 0:
+        raise VariantFailed(f"ablation variant {variant.name!r} failed (dvc exp run exit {returncode}); "
                             f"DVC kept no experiment for it, so a rerun runs it again. Last output:\n"
                             + "\n".join(tail))
     return {"variant": variant.name, "ran": True, "seconds": round(time.perf_counter() - started, 1)}

@@ -32,19 +32,26 @@ def retrain(
     profile: Optional[str] = typer.Option(None, help="Apply this profile to params.yaml first (demo, micro, paper)."),
     stage: Optional[list[str]] = typer.Option(None, "--stage", help="Run only these stages (repeatable)."),
     force: bool = typer.Option(False, help="Rerun stages even when DVC says they are up to date."),
+    retries: int = typer.Option(1, min=0, help="Run a failed stage again this often (training resumes from its "
+                                               "last checkpoint); 0 stops at the first failure."),
+    wait: float = typer.Option(0.0, min=0, help="Seconds to wait for a retrain already running in this "
+                                                "workspace to finish (default: refuse at once)."),
 ) -> None:
     """The main job: every pipeline stage (DVC) as Prefect tasks on one Prefect API, then a summary."""
     from flows.main import run_main_job
 
-    run_main_job(_root(), profile=profile, stages=stage, force=force)
+    run_main_job(_root(), profile=profile, stages=stage, force=force, stage_retries=retries, lock_wait_s=wait)
 
 
 @app.command()
-def demo(force: bool = typer.Option(False, help="Rerun stages even when up to date.")) -> None:
+def demo(
+    force: bool = typer.Option(False, help="Rerun stages even when up to date."),
+    wait: float = typer.Option(0.0, min=0, help="Seconds to wait for a retrain already running here to finish."),
+) -> None:
     """The main job on the embedded defaults (demo profile, synthetic world, CPU)."""
     from flows.main import run_main_job
 
-    run_main_job(_root(), profile="demo", stages=None, force=force)
+    run_main_job(_root(), profile="demo", stages=None, force=force, lock_wait_s=wait)
 
 
 @app.command()
@@ -290,6 +297,8 @@ from flows.serve import serve_command; app.command("serve")(serve_command)  # no
 from flows.deploy import deploy_command; app.command("deploy")(deploy_command)  # noqa: E402,E702
 from flows.infra import infra_app; app.add_typer(infra_app, name="infra")  # noqa: E402,E702
 from flows.ablation import ablation_command; app.command("ablation")(ablation_command)  # noqa: E402,E702
+from flows.dev import dev_app; app.add_typer(dev_app, name="dev")  # noqa: E402,E702
+from flows.versioning import gc_command, rebuild_command; app.command("rebuild")(rebuild_command); app.command("gc")(gc_command)  # noqa: E402,E702,E501
 # --- end module commands ---
 
 

@@ -56,6 +56,8 @@ class DeploymentSpec:
         description: one line shown in the Prefect UI.
         work_pool: the work pool it is registered for in `--pool` mode.
         tags: labels for filtering in the UI.
+        concurrency_limit: runs of this deployment at once (1: a run that comes due while one is
+            running waits in the queue; the flows share the project's data, models and registry).
     """
 
     flow_name: str
@@ -67,6 +69,7 @@ class DeploymentSpec:
     description: str
     work_pool: str
     tags: tuple[str, ...] = field(default=("mesa",))
+    concurrency_limit: int = 1
 
     @property
     def full_name(self) -> str:
@@ -141,7 +144,7 @@ def runner_deployments(project_dir: str | Path, specs: list[DeploymentSpec]) -> 
         schedules = [Cron(spec.cron, timezone=spec.timezone)] if spec.cron else None
         deployments.append(flow.to_deployment(
             name=spec.name, schedules=schedules, parameters=dict(spec.parameters),
-            description=spec.description, tags=list(spec.tags),
+            description=spec.description, tags=list(spec.tags), concurrency_limit=spec.concurrency_limit,
         ))
     return deployments
 

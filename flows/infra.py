@@ -32,6 +32,7 @@ from typing import Optional
 
 import typer
 
+from components.atomic import write_text_atomic
 from components.tracking.server import (
     ServerProcess,
     ensure_database,
@@ -93,13 +94,10 @@ class InfraState:
     artifacts_dir: str = ""
 
     def save(self, state_dir: Path) -> Path:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        path = state_dir / STATE_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(path)  # atomic: a reader never sees half a state file
+        # Atomic: a reader (`mesa infra status`, a shell sourcing the env file) never sees half a file.
+        path = write_text_atomic(state_dir / STATE_FILE, json.dumps(asdict(self), indent=2) + "\n")
         exports = "".join(f"export {key}={value}\n" for key, value in self.env.items())
-        (state_dir / ENV_FILE).write_text(exports)
+        write_text_atomic(state_dir / ENV_FILE, exports)
         return path
 
     @classmethod

@@ -9,26 +9,41 @@ from components.params import apply_profile, load_params
 from flows.prefect_api import owned_prefect_api
 
 
-def run_main_job(root: Path, profile: str | None, stages: list[str] | None, force: bool) -> dict:
+STAGE_STATES = {"ran": "ran", "skipped": "up to date, skipped", "restored": "restored from DVC's run cache"}
+
+
+def run_main_job(root: Path, profile: str | None, stages: list[str] | None, force: bool,
+                 stage_retries: int = 1, lock_wait_s: float = 0.0) -> dict:
+    from components.locks import LockHeld, exclusive_lock
     from components.majortom.summary import format_summary, summarise_world
-    from flows.retrain import StageFailed, retrain
+    from components.processes import Terminated
+    from flows.retrain import RETRAIN_LOCK, StageFailed, retrain
 
     started = time.perf_counter()
-    if profile:
-        changed = apply_profile(profile, root)
-        print(f"profile {profile!r} applied to params.yaml ({len(changed)} values changed)")
-    with owned_prefect_api() as api_url:
-        print(f"Prefect API for this run: {api_url}")
-        try:
-            outcome = retrain(project_dir=str(root), stages=stages, force=force)
-        except StageFailed as failure:
-            raise SystemExit(f"\nThe main job stopped: {failure}\nFix the cause and rerun; finished stages are kept "
-                             "(training resumes from its last checkpoint); the registry and the data versions "
-                             "were not touched.")
+    try:
+        with owned_prefect_api() as api_url:
+            # Taken before the profile rewrites params.yaml (never under a running retrain); the
+            # flow takes the same lock again, reentrant within this process.
+            with exclusive_lock(root / RETRAIN_LOCK, purpose="a retrain", wait_s=lock_wait_s, reentrant=True):
+                if profile:
+                    changed = apply_profile(profile, root)
+                    print(f"profile {profile!r} applied to params.yaml ({len(changed)} values changed)")
+                print(f"Prefect API for this run: {api_url}")
+                outcome = retrain(project_dir=str(root), stages=stages, force=force, stage_retries=stage_retries)
+    except LockHeld as busy:
+        raise SystemExit(f"The main job did not start: {busy}") from None
+    except StageFailed as failure:
+        raise SystemExit(f"\nThe main job stopped: {failure}\nFix the cause and rerun; finished stages are kept "
+                         "(training resumes from its last checkpoint); the registry and the data versions "
+                         "were not touched.") from None
+    except Terminated:
+        print("\nThe main job was stopped (SIGTERM): its stage processes and the temporary Prefect server were "
+              "stopped; finished stages are kept and a rerun resumes (training from its last checkpoint).",
+              flush=True)
+        raise
     print("\nStages:")
     for result in outcome["stages"]:
-        state = "ran" if result["ran"] else "up to date, skipped"
-        print(f"  {result['stage']:10s} {state} ({result['seconds']} s)")
+        print(f"  {result['stage']:10s} {STAGE_STATES[result['outcome']]} ({result['seconds']} s)")
     params = load_params(root)
     raw = root / params["data"]["raw_dir"]
     if raw.exists():

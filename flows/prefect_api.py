@@ -10,45 +10,66 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 PARENT_TASK_ENV = "MESA_PARENT_TASK_RUN_ID"
+# A file the stage process creates when it starts: how the retrain task tells a stage that ran
+# from one DVC restored from its run cache.
+STAGE_STARTED_ENV = "MESA_STAGE_STARTED_FILE"
 
 
 @contextlib.contextmanager
 def owned_prefect_api() -> Iterator[str]:
-    """Yield the API URL for this run, starting (and finally stopping) an ephemeral server if none is set."""
+    """Yield the API URL for this run, starting (and finally stopping) an ephemeral server if none is set.
+
+    SIGTERM inside the block unwinds it like Ctrl-C (components.processes.stop_on_sigterm): stage
+    subprocesses are stopped and the temporary server too, instead of living on as orphans.
+    """
     from prefect.settings import get_current_settings
 
-    configured = get_current_settings().api.url
-    if configured:
-        yield str(configured)
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from components.processes import Terminated, stop_on_sigterm
 
-    server = SubprocessASGIServer()
-    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
-    try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            os.environ["PREFECT_API_URL"] = server.api_url
-            try:
-                yield server.api_url
-            finally:
-                _drain_to_server()
-                os.environ.pop("PREFECT_API_URL", None)
-    finally:
-        server.stop()
+    with stop_on_sigterm():
+        configured = get_current_settings().api.url
+        if configured:
+            yield str(configured)
+            return
+        from prefect.server.api.server import SubprocessASGIServer
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        server = SubprocessASGIServer()
+        try:
+            server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
+            with temporary_settings({PREFECT_API_URL: server.api_url}):
+                os.environ["PREFECT_API_URL"] = server.api_url
+                try:
+                    yield server.api_url
+                except (Terminated, KeyboardInterrupt):
+                    _drain_to_server(timeout_s=2)  # stopping: a short wait, then queued logs are dropped
+                    raise
+                except BaseException:
+                    _drain_to_server()
+                    raise
+                else:
+                    _drain_to_server()
+                finally:
+                    os.environ.pop("PREFECT_API_URL", None)
+        finally:
+            server.stop()
 
 
-def _drain_to_server() -> None:
-    """Send queued logs and events while the server still listens (else they retry for a minute at exit)."""
+def _drain_to_server(timeout_s: float = 10) -> None:
+    """Send queued logs and events while the server still listens, then stop their workers.
+
+    A worker with anything left would retry against the stopped server for a minute at exit.
+    """
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    APILogWorker.drain_all(timeout=10)
-    EventsWorker.drain_all(timeout=10)
+    APILogWorker.drain_all(timeout=timeout_s)
+    EventsWorker.drain_all(timeout=timeout_s)
 
 
 def stage_process_env(api_url: str, parent_task_run_id: str | None) -> dict[str, str]:
@@ -64,6 +85,9 @@ def stage_process_env(api_url: str, parent_task_run_id: str | None) -> dict[str,
 
 def run_as_subflow(flow: Any, **parameters: Any) -> Any:
     """Run `flow(**parameters)`; under a retrain run, as a subflow of the task that started this process."""
+    started = os.environ.get(STAGE_STARTED_ENV)
+    if started:
+        Path(started).touch()
     parent = os.environ.get(PARENT_TASK_ENV)
     if not parent:
         return flow(**parameters)

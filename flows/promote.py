@@ -68,11 +68,15 @@ def register_trained_model(project_dir: str) -> dict[str, Any] | None:
     before = registry.find_version_for_model(client, name, record["run_id"], model_uri) if known else None
     version = registry.register_pipeline(client, name, record["run_id"], model_uri, report,
                                          lock_path=root / LOCK_FILE)
-    new = before is None
+    # Registering and naming the challenger are one step: a version a killed run left without its
+    # alias is completed here, and counts as new so that the gate judges it.
+    new = not registry.registration_complete(version)
     if new:
-        registry.set_alias(client, name, registry.CHALLENGER, version.version)
-    print(f"[register] {name} version {version.version} "
-          f"{'registered (alias challenger)' if new else 'already registered (this logged model): nothing new'}")
+        registry.complete_registration(client, name, version.version)
+    state = ("registered (alias challenger)" if before is None else
+             "completed: a stopped run had registered it without its challenger alias" if new else
+             "already registered (this logged model): nothing new")
+    print(f"[register] {name} version {version.version} {state}")
     return {"model": name, "version": int(version.version), "run_id": record["run_id"], "new": new}
 
 

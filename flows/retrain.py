@@ -6,9 +6,9 @@ model version (alias challenger) and the promotion gate (flows/promote.py).
 """
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -17,9 +17,9 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.runtime import task_run
 
-from flows.prefect_api import stage_process_env
+from flows.prefect_api import STAGE_STARTED_ENV, stage_process_env
 
-_SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
+RETRAIN_LOCK = ".mesa-retrain.lock"  # one retrain per workspace: stages share data/, models/, dvc.lock
 
 
 class StageFailed(RuntimeError):
@@ -32,34 +32,76 @@ def dvc_stages(project_dir: str | Path) -> list[str]:
     return list((spec.get("stages") or {}).keys())
 
 
+def stage_changes(project_dir: str | Path, stage: str) -> list:
+    """What DVC finds changed for `stage` (its `dvc status --json` entry; [] when up to date)."""
+    from dvc.repo import Repo
+
+    root = Path(project_dir).resolve()
+    # An absolute target: DVC resolves targets against the working directory, not the repo.
+    with Repo(str(root)) as repo:
+        found = repo.status(targets=[f"{root / 'dvc.yaml'}:{stage}"])
+    return [change for changes in found.values() for change in changes]
+
+
+def stage_outcome(changed_before: list, stage_process_started: bool, changed_after: list) -> str:
+    """How `dvc repro` treated a stage, from DVC's status before and after and whether its command ran.
+
+    ``ran`` (the stage's command ran), ``skipped`` (up to date: nothing to do) or ``restored``
+    (DVC's run cache had outputs for exactly these deps and params: checked out, nothing run).
+    """
+    if stage_process_started:
+        return "ran"
+    if changed_after:
+        raise RuntimeError(f"dvc repro neither ran the stage nor made it up to date: {changed_after}")
+    return "restored" if changed_before else "skipped"
+
+
+def _signal_name(returncode: int) -> str:
+    import signal
+
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit {returncode}"
+
+
 @task(retries=1, retry_delay_seconds=5, task_run_name="stage {stage}")
 def run_dvc_stage(stage: str, project_dir: str, force: bool = False) -> dict:
-    """`dvc repro --single-item STAGE` in `project_dir`, streaming its output to the Prefect log."""
+    """`dvc repro --single-item STAGE` in `project_dir`, streaming its output to the Prefect log.
+
+    The command runs in its own process group: stopping the run (SIGTERM, Ctrl-C) stops the stage
+    and everything it started, and a kill drill can kill exactly the stage.
+    """
+    from components.processes import run_streaming
+
     logger = get_run_logger()
     api_url = current_api_url()
     command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
     started = time.perf_counter()
+    before = stage_changes(project_dir, stage)
     tail: deque[str] = deque(maxlen=30)
-    skipped = False
-    with subprocess.Popen(command, cwd=project_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, env=stage_process_env(api_url, task_run.id)) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            if not line:
-                continue
-            tail.append(line)
-            logger.info("[%s] %s", stage, line)
-            skipped = skipped or bool(_SKIPPED.search(line))
-    if proc.returncode != 0:
-        raise StageFailed(f"stage {stage!r} failed (dvc repro exit {proc.returncode}). Last output:\n"
+
+    def show(line: str) -> None:
+        tail.append(line)
+        logger.info("[%s] %s", stage, line)
+
+    with tempfile.TemporaryDirectory(prefix=f"mesa-stage-{stage}-") as scratch:
+        # The stage process touches this file when it starts: DVC's run cache restores outputs
+        # without running it, and only this tells the two apart without parsing DVC's text.
+        marker = Path(scratch) / "started"
+        env = {**stage_process_env(api_url, task_run.id), STAGE_STARTED_ENV: str(marker)}
+        returncode = run_streaming(command, cwd=project_dir, env=env, on_line=show)
+        process_started = marker.exists()
+    if returncode != 0:
+        raise StageFailed(f"stage {stage!r} failed (dvc repro {_signal_name(returncode)}). Last output:\n"
                           + "\n".join(tail))
-    if not skipped:
+    outcome = stage_outcome(before, process_started, stage_changes(project_dir, stage))
+    if outcome != "skipped":
         # repro copies new outputs into the cache; relinking makes the workspace share them
         # (cache.type reflink/hardlink), so the data is on disk once.
         subprocess.run([sys.executable, "-m", "dvc", "checkout", "--relink", "--quiet", stage],
                        cwd=project_dir, check=True, env=stage_process_env(api_url, None))
-    return {"stage": stage, "ran": not skipped, "seconds": round(time.perf_counter() - started, 1)}
+    return {"stage": stage, "ran": outcome == "ran", "outcome": outcome,
+            "changed": before, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def current_api_url() -> str:
@@ -87,7 +129,8 @@ def push_data_versions(project_dir: str, remote: str | None = None) -> dict:
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(project_dir: str, stages: list[str] | None = None, force: bool = False) -> dict:
+def retrain(project_dir: str, stages: list[str] | None = None, force: bool = False, stage_retries: int = 1,
+            lock_wait_s: float = 0.0) -> dict:
     """Run the pipeline's stages in order, then version, register and judge what they made.
 
     After a full run (no `stages` subset): `dvc push` (params ``versioning``), then the trained
@@ -95,10 +138,27 @@ def retrain(project_dir: str, stages: list[str] | None = None, force: bool = Fal
     ``registry``). A failing stage stops the run before any of that: data versions and the
     registry stay as they were.
 
+    Args:
+        project_dir (str): the project (holds dvc.yaml and params.yaml).
+        stages (list[str] | None, default None): run only these stages (nothing is registered).
+        force (bool, default False): rerun stages even when DVC finds them up to date.
+        stage_retries (int, default 1): how often a failed stage is run again (training resumes
+            from its last checkpoint); 0 stops at the first failure.
+        lock_wait_s (float, default 0): one retrain per workspace; when another holds it, wait up
+            to this long for it to finish (0: refuse at once, naming the running one).
+
     Returns:
-        ``{"stages": [{stage, ran, seconds}], "pushed": {...} | None, "registration": {...} | None,
-        "promotion": {...} | None}``.
+        ``{"stages": [{stage, ran, outcome, changed, seconds}], "pushed": {...} | None,
+        "registration": {...} | None, "promotion": {...} | None}``; ``outcome`` is ``ran``,
+        ``skipped`` (up to date) or ``restored`` (from DVC's run cache).
     """
+    from components.locks import exclusive_lock
+
+    with exclusive_lock(Path(project_dir) / RETRAIN_LOCK, purpose="a retrain", wait_s=lock_wait_s, reentrant=True):
+        return _retrain_locked(project_dir, stages, force, stage_retries)
+
+
+def _retrain_locked(project_dir: str, stages: list[str] | None, force: bool, stage_retries: int) -> dict:
     from components.params import load_params
     from flows.promote import promote_challenger, register_trained_model, registry_settings
 
@@ -106,10 +166,11 @@ def retrain(project_dir: str, stages: list[str] | None = None, force: bool = Fal
     unknown = sorted(set(names) - set(dvc_stages(project_dir)))
     if unknown:
         raise ValueError(f"unknown stages {unknown}; dvc.yaml has {dvc_stages(project_dir)}")
+    run_stage = run_dvc_stage.with_options(retries=int(stage_retries))
     outcome: dict = {"stages": [], "pushed": None, "registration": None, "promotion": None}
     for name in names:
         # One after the other: each stage reads what the previous one wrote.
-        outcome["stages"].append(run_dvc_stage(name, project_dir, force))
+        outcome["stages"].append(run_stage(name, project_dir, force))
     if stages:
         print(f"[retrain] only stages {names} ran: nothing pushed, registered or promoted")
         return outcome

@@ -35,3 +35,38 @@ def configure_environment(root: str | Path | None = None) -> Path:
     # Prefect's database and settings live in the project, not in the user's home.
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     return root
+
+
+RECORD_IMPORTS_ENV = "MESA_RECORD_IMPORTS"
+
+
+def record_imported_files(label: str) -> Path | None:
+    """With MESA_RECORD_IMPORTS=FOLDER, write FOLDER/<label>.<pid>.json: the project files this process imported.
+
+    What really ran, to hold against dvc.yaml's code deps, which `mesa dev deps` computes statically
+    (tests/integration/test_retrain_flow.py). Paths are relative to the folder holding the imported
+    `components` and `flows` packages (a stage may run the installed checkout's code).
+    """
+    folder = os.environ.get(RECORD_IMPORTS_ENV)
+    if not folder:
+        return None
+    import json
+    import sys
+
+    packages = ("components", "flows")
+    roots = {Path(sys.modules[p].__file__).resolve().parents[1] for p in packages
+             if getattr(sys.modules.get(p), "__file__", None)}
+    files = set()
+    for module in list(sys.modules.values()):
+        source = getattr(module, "__file__", None)
+        if not source or not source.endswith(".py"):
+            continue
+        path = Path(source).resolve()
+        for root in roots:
+            if path.is_relative_to(root) and path.relative_to(root).parts[0] in packages:
+                files.add(path.relative_to(root).as_posix())
+    target = Path(folder) / f"{label}.{os.getpid()}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({"label": label, "pid": os.getpid(), "argv": sys.argv,
+                                  "roots": sorted(map(str, roots)), "files": sorted(files)}, indent=1))
+    return target

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from flows.settings import configure_environment
+from flows.settings import configure_environment, record_imported_files
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> None:
         write_json_atomic(project / "reports" / "train.json",
                           {k: v for k, v in result.items() if k not in ("run_id", "model_uri")})
         write_json_atomic(project / "reports" / "train_curve.json", curve)
+    # MESA_RECORD_IMPORTS: what each training process imported, held against dvc.yaml's code deps.
+    record_imported_files("train")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,20 @@ def make_micro_project(root: Path, profile: str = "micro") -> Path:
     return root
 
 
+def set_params(project: Path, **values) -> None:
+    """Set dotted params.yaml keys in a test project, written as `name__leaf` (train__steps=36)."""
+    import yaml
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for dotted, value in values.items():
+        *groups, leaf = dotted.split("__")
+        node = params
+        for group in groups:
+            node = node[group]
+        node[leaf] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def micro_synth_params(**overrides):
     """The project's synth params with the micro profile applied (what tests lean on)."""
     from components.majortom.synthetic.world import SynthParams

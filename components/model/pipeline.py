@@ -31,6 +31,7 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from components.atomic import recover_folder
 from components.model.dem_rule import DEM_RULE_FILE, DemRule
 from components.model.factories import (
     SD21_SCHEDULER,
@@ -342,6 +343,7 @@ class TerrainPipeline(DiffusionPipeline):
         from transformers import AutoTokenizer
 
         root = Path(folder)
+        recover_folder(root)  # a training run killed mid-swap left the last pipeline as <folder>.old
         if not root.is_dir():
             raise FileNotFoundError(f"pipeline folder {str(root)!r} does not exist")
         missing = [p for p in PARTS if not (root / p).is_dir()]

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from components.atomic import atomic_folder
 from components.model.factories import build_vae, tiny_vae_config
 from components.params import reject_unknown_keys
 from components.samples.dataset import dem_to_model, rgb_to_model
@@ -499,32 +498,18 @@ def latent_factor_of(vae) -> int:
 
 
 def save_vae_atomic(vae, out_dir: str | Path) -> Path:
-    """``vae.save_pretrained`` into a sibling temporary folder, then rename it onto ``out_dir``.
+    """``vae.save_pretrained`` into a staging folder beside ``out_dir``, then swapped in.
 
-    An old ``out_dir`` is moved aside first and removed only after the new one is in place, so
-    a run killed half-way leaves either the old folder or the new one (plus a temporary to ignore).
+    The old ``out_dir`` stays complete until the new one is in place (see
+    :func:`components.atomic.atomic_folder`), so a run killed half-way leaves one of the two.
 
     Args:
         vae: the model to save.
         out_dir: the folder to (re)place, e.g. models/vae.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    for leftover in (tmp, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    try:
-        vae.save_pretrained(tmp, safe_serialization=True)
-        if out_dir.exists():
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out_dir.exists():
-            old.rename(out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(out_dir) as staging:
+        vae.save_pretrained(staging, safe_serialization=True)
     return out_dir
 
 

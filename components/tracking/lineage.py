@@ -156,3 +156,72 @@ def lineage_tags(
     for key, value in (data_counts or {}).items():
         tags[f"mesa.data.{key}"] = _leaf_to_str(value)
     return tags
+
+
+# ----------------------------------------------------------------------------- snapshots
+SNAPSHOT_DIR = "lineage"  # run artifact folder: one sub-folder per training segment
+SNAPSHOT_RECORD = "lineage.json"
+DIFF_LIMIT_BYTES = 20 * 2**20  # a bigger diff is not kept (the record says so; rebuild refuses)
+UNTRACKED_LIMIT = 1000
+
+
+def snapshot_folder(steps: int) -> str:
+    """The run artifact folder for a training segment that trains up to `steps` (``lineage/steps-000036``)."""
+    return f"{SNAPSHOT_DIR}/steps-{int(steps):06d}"
+
+
+def lineage_snapshot(project_dir: str | Path, params: Mapping[str, Any], steps: int,
+                     started_at_ms: int | None = None) -> dict[str, str]:
+    """The files that let a training be rerun faithfully, as ``{artifact path: text}``.
+
+    The run's tags name the commit and the data versions; these files keep what the tags only
+    point at and what may be kept nowhere else: dvc.lock as it is when training starts (the
+    pipeline does not commit it), params.yaml as read, and, when tracked files differ from the
+    commit, their diff (``git diff HEAD --binary``). A run that resumes to more steps writes a
+    second folder; the last folder written before a model was logged describes that model.
+
+    Args:
+        project_dir (str | Path): the project root (holds dvc.lock and params.yaml).
+        params (Mapping[str, Any]): the parameters the training uses (hashed as `params_hash`).
+        steps (int): the step count this segment trains to (names the folder).
+        started_at_ms (int | None, default None): when the segment started (default: now).
+
+    Returns:
+        dict[str, str]: ``lineage/steps-N/{lineage.json, params.yaml, dvc.lock, git.diff}`` (the
+        last two only when there is a dvc.lock / a dirty checkout). ``lineage.json`` holds the
+        commit, the dirty flag, the params hash, the untracked files (not in the diff) and the
+        start time.
+    """
+    import time
+
+    project = Path(project_dir)
+    folder = snapshot_folder(steps)
+    commit, dirty = git_state(project)
+    untracked = (_git(project, "ls-files", "--others", "--exclude-standard") or "").splitlines()
+    record: dict[str, Any] = {"git_commit": commit, "git_dirty": dirty, "params_hash": params_hash(params),
+                              "steps": int(steps), "started_at_ms": int(started_at_ms or time.time() * 1000),
+                              "untracked": untracked[:UNTRACKED_LIMIT],
+                              "untracked_truncated": len(untracked) > UNTRACKED_LIMIT}
+    files = {}
+    for name in ("params.yaml", "dvc.lock"):
+        if (project / name).is_file():
+            files[f"{folder}/{name}"] = (project / name).read_text(encoding="utf-8")
+    if dirty == "true":
+        diff = _git_diff(project)
+        record["diff"] = "git.diff" if diff is not None else "too large or unreadable"
+        if diff is not None:
+            files[f"{folder}/git.diff"] = diff
+    files[f"{folder}/{SNAPSHOT_RECORD}"] = json.dumps(record, indent=1, sort_keys=True)
+    return files
+
+
+def _git_diff(project: Path) -> str | None:
+    """``git diff HEAD --binary`` verbatim (a patch needs its final newline), None when too big or failing."""
+    try:
+        done = subprocess.run(["git", "-C", str(project), "diff", "HEAD", "--binary"], capture_output=True,
+                              timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0 or len(done.stdout) > DIFF_LIMIT_BYTES:
+        return None
+    return done.stdout.decode("utf-8", errors="surrogateescape")

@@ -29,7 +29,6 @@ opens the file itself); it does not cover processes on other machines talking to
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -37,6 +36,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from components.locks import exclusive_lock
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -54,6 +55,10 @@ REASONS_TAG = "promotion.reasons"
 COMPARED_WITH_TAG = "promotion.compared_with"
 DECIDED_AT_TAG = "promotion.at"
 ROLLED_BACK_AT_TAG = "promotion.rolled_back_at"
+# Set last, after the version got its challenger alias: a version without it was registered by a
+# run killed before the alias, and the next registration of the same model completes it.
+REGISTRATION_TAG = "mesa.registration"
+REGISTRATION_COMPLETE = "complete"
 
 TAG_VALUE_MAX = 5000  # MLflow's limit for a model version tag value
 # A relative change needs a non-zero reference; below this a champion value counts as zero.
@@ -64,7 +69,7 @@ _MODEL_ID_URI = re.compile(r"^models:/(m-[0-9a-f]+)$")
 # ----------------------------------------------------------------------------- locking
 @contextlib.contextmanager
 def registry_lock(lock_path: str | Path | None) -> Iterator[None]:
-    """Hold an exclusive ``fcntl.flock`` on `lock_path` inside a ``with`` block.
+    """Hold an exclusive lock on `lock_path` inside a ``with`` block (waits for it as long as it takes).
 
     Args:
         lock_path (str | Path | None): the lock file (created when missing, with its folder);
@@ -73,16 +78,8 @@ def registry_lock(lock_path: str | Path | None) -> Iterator[None]:
     if lock_path is None:
         yield
         return
-    path = Path(lock_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Opened per call: flock locks belong to the open file, so two threads of one process
-    # exclude each other as two processes do.
-    with open(path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with exclusive_lock(lock_path, purpose="a registry change"):
+        yield
 
 
 # ----------------------------------------------------------------------------- metric tags
@@ -284,6 +281,21 @@ def _ensure_registered_model(client: Any, name: str) -> None:
         # Already there (or created a moment ago by another process): both are fine.
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+
+
+def registration_complete(version: Any) -> bool:
+    """Whether `version` finished registering (challenger alias set), or was judged or aliased before
+    completion was recorded (versions registered by older code)."""
+    tags = version.tags or {}
+    return (tags.get(REGISTRATION_TAG) == REGISTRATION_COMPLETE or DECISION_TAG in tags
+            or bool(getattr(version, "aliases", None)))
+
+
+def complete_registration(client: Any, name: str, version: int | str) -> None:
+    """Make `version` the challenger, then mark its registration complete (in that order: a kill in
+    between leaves it incomplete, and the next call completes it)."""
+    set_alias(client, name, CHALLENGER, version)
+    client.set_model_version_tag(name, str(version), REGISTRATION_TAG, REGISTRATION_COMPLETE)
 
 
 # ----------------------------------------------------------------------------- aliases

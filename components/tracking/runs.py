@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.atomic import rename_atomic, write_text_atomic
 from components.tracking.lineage import flatten_params
 
 # MLflow 3 accepts 6000 characters per param value, servers older than 2.x only 500. We keep the
@@ -531,6 +532,26 @@ class RunLogger:
         _to_pil(image).save(staged)
         self._enqueue(_Entry("image", {"path": str(staged), "artifact_path": folder}))
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Queue a text file artifact (written now, uploaded in the background).
+
+        Args:
+            text (str): the file's content (written as UTF-8; undecodable bytes read with
+                ``surrogateescape`` come back as they were).
+            artifact_file (str): artifact path, e.g. ``"lineage/steps-000012/params.yaml"``.
+        """
+        if not self.enabled:
+            return
+        path = Path(artifact_file)
+        with self._cond:
+            self._image_seq += 1
+            staged = self._staging / f"{self._image_seq:06d}" / path.name
+        staged.parent.mkdir(parents=True)
+        staged.write_bytes(text.encode("utf-8", errors="surrogateescape"))
+        folder = path.parent.as_posix()
+        # Queued like an image: a staged file of our own, moved into the spill folder if unsent.
+        self._enqueue(_Entry("image", {"path": str(staged), "artifact_path": None if folder in ("", ".") else folder}))
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Queue a file or folder for upload. It is read when sent: leave it in place until
         `flush`/`finish` returns (copying big checkpoints here would block training).
@@ -698,10 +719,7 @@ class RunLogger:
                 shutil.move(str(source), target)
                 entry = _Entry("image", {**entry.data, "path": str(target.resolve())})
             lines.append(entry.to_json())
-        path = self.spill_dir / f"{self.run_id}.jsonl"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        path = write_text_atomic(self.spill_dir / f"{self.run_id}.jsonl", "\n".join(lines) + "\n", encoding="utf-8")
         shutil.rmtree(self._staging, ignore_errors=True)
         metrics = sum(e.metric_count for e in entries)
         _say(f"tracking server still unreachable after {waited_s:g} s: wrote {len(entries)} unsent "
@@ -752,12 +770,10 @@ def replay_spill(path: str | Path, uri: str | None = None, client: Any = None) -
             send_entries(client, header["run_id"], [entry])
         except Exception as err:
             rest = [lines[0], *lines[1 + done:]]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("\n".join(rest) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
+            write_text_atomic(path, "\n".join(rest) + "\n", encoding="utf-8")
             raise RuntimeError(
                 f"replaying {path}: sent {done} of {len(entries)} entries, then {err}; the rest "
                 "stay in the file: call replay_spill again when the server is reachable"
             ) from err
-    os.replace(path, path.with_name(path.name + ".replayed"))
+    rename_atomic(path, path.with_name(path.name + ".replayed"))
     return len(entries)

@@ -8,7 +8,8 @@ launch`` starts the processes (the train stage does). What makes resuming exact:
 - every random draw of a micro-batch (posterior sample, noises, timesteps) comes from a generator
   seeded by (seed, micro-batch number, rank), not from a global stream;
 - model, optimiser, learning-rate schedule, EMA and this loop's counters are one accelerate
-  checkpoint, written to a temporary folder and renamed, so a killed run never leaves half of one.
+  checkpoint, built in a staging folder and swapped in (components.atomic), so a killed run never
+  leaves half of one.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from typing import Any
 
 import torch
 
+from components.atomic import (DELETING_SUFFIX, OLD_SUFFIX, atomic_folder, begin_folder, commit_folder, recover_folder,
+                               remove_folder, staging_path)
 from components.training.params import TrainParams
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -127,6 +130,7 @@ def build_unet_from_params(model_params: Mapping[str, Any], latent_px: int, cros
 def load_frozen_vae(vae_dir: Path):
     from diffusers import AutoencoderKL
 
+    recover_folder(vae_dir)
     if not (vae_dir / "config.json").exists():
         raise FileNotFoundError(f"{vae_dir} holds no AutoencoderKL (config.json): run the vae stage first "
                                 "(`mesa stage vae` or `dvc repro vae`)")
@@ -157,13 +161,26 @@ def run_fingerprint(params: Mapping[str, Any], stats: Mapping[str, Any], vae_con
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _checkpoint_step(name: str) -> int | None:
+    """N of ``checkpoint-N``; None for anything else (``.building``, ``.old``, an old ``.tmp``)."""
+    digits = name[len(CHECKPOINT_PREFIX):]
+    return int(digits) if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit() else None
+
+
 def list_checkpoints(folder: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a folder still named *.tmp is an interrupted write)."""
+    """Complete checkpoints, oldest first (a folder with a suffix is an interrupted write or delete).
+
+    A checkpoint whose swap was killed between its two renames is put back first (only its
+    ``.old`` version was left, complete).
+    """
     if not folder.is_dir():
         return []
-    done = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-            and not p.name.endswith(".tmp")]
-    return sorted(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    for aside in folder.glob(f"{CHECKPOINT_PREFIX}*{OLD_SUFFIX}"):
+        name = aside.name[:-len(OLD_SUFFIX)]
+        if _checkpoint_step(name) is not None:
+            recover_folder(aside.with_name(name))
+    done = [p for p in folder.iterdir() if p.is_dir() and _checkpoint_step(p.name) is not None]
+    return sorted(done, key=lambda p: _checkpoint_step(p.name))
 
 
 def resume_point(folder: Path, resume: str) -> Path | None:
@@ -180,20 +197,24 @@ def resume_point(folder: Path, resume: str) -> Path | None:
 
 
 def save_checkpoint(accelerator, folder: Path, step: int, keep: int) -> Path:
-    """accelerate's full state at ``step``, written to a temporary folder then renamed; keeps ``keep``."""
+    """accelerate's full state at ``step``, built in a staging folder then swapped in; keeps ``keep``.
+
+    ``checkpoint-N`` only ever appears complete: every process writes its part into
+    ``checkpoint-N.building``, then the main process swaps it in (an earlier ``checkpoint-N``
+    stays complete until then).
+    """
     final = folder / f"{CHECKPOINT_PREFIX}{step:06d}"
-    tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        begin_folder(final)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    accelerator.save_state(str(staging_path(final)))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        commit_folder(staging_path(final), final)
         for old in list_checkpoints(folder)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_folder(old)
+        for stale in folder.glob(f"{CHECKPOINT_PREFIX}*{DELETING_SUFFIX}"):  # a delete a killed run left
+            shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
@@ -208,6 +229,8 @@ def make_dataset(layout: Layout, params: Mapping[str, Any], train: TrainParams, 
     from components.samples.dataset import TerrainSampleDataset
     from components.samples.latents import LatentSampleDataset, latent_shards, read_manifest
 
+    for folder in (layout.samples, layout.latents):
+        recover_folder(folder)  # a prepare or latents stage killed mid-swap left only <folder>.old
     stats = json.loads((layout.samples / "stats.json").read_text())
     manifest = read_manifest(layout.latents) if (layout.latents / "manifest.json").exists() else {"enabled": False}
     cached = bool(manifest.get("enabled"))
@@ -331,6 +354,8 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
     from components.training.validation import ValidationSet
 
     tracker = _start_tracking(root, params, train_params, accelerator, state, stats, dataset, cached)
+    if start is not None:  # each resume stays on the run's record (a metric history: one point per resume)
+        tracker.log_metrics({"resumed_from_step": state.step}, step=state.step)
     validation = (ValidationSet.build(layout, params, train_params, vae, tokenizer, text_encoder, device)
                   if accelerator.is_main_process else None)  # only the main process evaluates
 
@@ -500,6 +525,11 @@ def _start_tracking(root: Path, params, train_params: TrainParams, accelerator, 
         tracker.log_params(params)
     if enabled:
         state.run_id = tracker.run_id or ""
+        # What `mesa rebuild` needs to rerun this segment (dvc.lock, params.yaml, uncommitted diff).
+        from components.tracking.lineage import lineage_snapshot
+
+        for artifact_file, text in lineage_snapshot(root, params, train_params.steps).items():
+            tracker.log_text(text, artifact_file)
     return tracker
 
 
@@ -523,11 +553,9 @@ def _final_pipeline(accelerator, unet, ema, vae, tokenizer, text_encoder, stats,
 
 
 def _save_atomically(pipeline, folder: Path) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipeline.save_pretrained(str(tmp))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    # The old pipeline stays complete until the new one is in place (a reader never sees neither).
+    with atomic_folder(folder) as staging:
+        pipeline.save_pretrained(str(staging))
 
 
 def _log_grid(accelerator, tracker, unet, ema, vae, tokenizer, text_encoder, stats, params, train_params, step):

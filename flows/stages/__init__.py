@@ -10,6 +10,7 @@ from pathlib import Path
 
 from components.params import load_params
 from flows.prefect_api import run_as_subflow
+from flows.settings import record_imported_files
 
 STAGES = ("synth", "ingest", "validate", "captions", "prepare", "vae", "latents", "train", "evaluate")
 
@@ -52,4 +53,8 @@ def task_runner(params: dict, stage: str):
 def run_stage(name: str, project_dir: str | Path) -> object:
     """Run stage `name` in `project_dir` (as a subflow of the retrain run when started by one)."""
     flow = stage_flow(name).with_options(task_runner=task_runner(load_params(project_dir), name))
-    return run_as_subflow(flow, project_dir=str(project_dir))
+    try:
+        return run_as_subflow(flow, project_dir=str(project_dir))
+    finally:
+        # MESA_RECORD_IMPORTS: what this stage process imported, held against dvc.yaml's code deps.
+        record_imported_files(name)

@@ -1,11 +1,11 @@
 """`mesa stage latents`: every sample encoded once by the frozen VAE."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from prefect import flow
 
+from components.atomic import atomic_folder, recover_folder
 from components.params import load_params
 from flows.stages.common import LATENTS_DIR, MODELS_DIR, SAMPLES_DIR, progress_printer
 
@@ -23,18 +23,19 @@ def latents_stage_flow(project_dir: str) -> dict:
     params = load_params(root)
     out = root / LATENTS_DIR
     if not params["latents"]["enabled"]:
-        shutil.rmtree(out, ignore_errors=True)
-        write_disabled_manifest(out)
+        with atomic_folder(out) as staging:
+            write_disabled_manifest(staging)
         print("[latents] latents.enabled is false: the trainer encodes on the fly", flush=True)
         return {"enabled": False}
+    for folder in (root / SAMPLES_DIR, root / MODELS_DIR / "vae"):
+        recover_folder(folder)  # a stage killed mid-swap left only <folder>.old
     stats = json.loads((root / SAMPLES_DIR / "stats.json").read_text())
     vae = AutoencoderKL.from_pretrained(str(root / MODELS_DIR / "vae"), local_files_only=True)
     shards = sorted(str(p) for p in (root / SAMPLES_DIR).glob("*.parquet"))
-    staging = out.with_name(out.name + ".building")
-    shutil.rmtree(staging, ignore_errors=True)
-    report = encode_samples_to_latents(shards, vae, staging, dem_scale_m=stats["dem_scale_m"],
-                                       batch_size=int(params["latents"]["batch_size"]), progress=progress_printer("latents"))
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    # The old cache stays complete until the new one is swapped in.
+    with atomic_folder(out) as staging:
+        report = encode_samples_to_latents(shards, vae, staging, dem_scale_m=stats["dem_scale_m"],
+                                           batch_size=int(params["latents"]["batch_size"]),
+                                           progress=progress_printer("latents"))
     print(f"[latents] {report.get('samples')} samples -> {out}", flush=True)
     return report

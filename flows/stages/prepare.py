@@ -6,7 +6,7 @@ from pathlib import Path
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
-from components.atomic import write_json_atomic
+from components.atomic import atomic_folder, recover_folder, write_json_atomic
 from components.params import load_params
 from flows.stages.common import CAPTIONS_DIR, CURATED_DIR, REPORTS_DIR, SAMPLES_DIR
 
@@ -21,8 +21,6 @@ def _prepare_shard(label: str, cells, descriptors, splits, params, dem_scale_m: 
 @flow(name="stage-prepare")
 def prepare_stage_flow(project_dir: str) -> dict:
     """Training samples: both image variants, DEM, masks and descriptors, in a few large shards."""
-    import shutil
-
     import pandas as pd
 
     from components.curation.curate import absolute_shard_paths
@@ -32,6 +30,7 @@ def prepare_stage_flow(project_dir: str) -> dict:
 
     root = Path(project_dir)
     params = load_params(root)
+    recover_folder(root / params["data"]["raw_dir"])  # a synth stage killed mid-swap left only data/raw.old
     settings = params["prepare"]
     prepare = PrepareParams.from_params(settings, params["validate"]["cloud_classes"])
     index = absolute_shard_paths(pd.read_parquet(root / CURATED_DIR / "index.parquet"), root)
@@ -41,19 +40,17 @@ def prepare_stage_flow(project_dir: str) -> dict:
     dem_scale = sample_stats.dem_scale(index, splits, settings["dem_scale_m"])
 
     out = root / SAMPLES_DIR
-    staging = out.with_name(out.name + ".building")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     groups = list(iter_groups(index))
     labels = [f"part_{i:05d}" for i in range(len(groups))]
-    futures = _prepare_shard.map(label=labels, cells=[g for _, g in groups], descriptors=unmapped(descriptors),
-                                 splits=unmapped(splits), params=unmapped(prepare), dem_scale_m=unmapped(dem_scale),
-                                 out=[str(staging / f"{label}.parquet") for label in labels])
-    results = [f.result() for f in futures]
-    stats = sample_stats.summarise(results, index, descriptors, splits, prepare, dem_scale)
-    sample_stats.write_stats(staging / "stats.json", stats)
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    # The old samples stay complete until the new ones are swapped in.
+    with atomic_folder(out) as staging:
+        futures = _prepare_shard.map(label=labels, cells=[g for _, g in groups], descriptors=unmapped(descriptors),
+                                     splits=unmapped(splits), params=unmapped(prepare),
+                                     dem_scale_m=unmapped(dem_scale),
+                                     out=[str(staging / f"{label}.parquet") for label in labels])
+        results = [f.result() for f in futures]
+        stats = sample_stats.summarise(results, index, descriptors, splits, prepare, dem_scale)
+        sample_stats.write_stats(staging / "stats.json", stats)
     report = {k: stats[k] for k in ("samples", "rejected", "dem_scale_m", "dem_clipped_share", "l1c_missing")}
     write_json_atomic(root / REPORTS_DIR / "prepare.json", report)
     print(f"[prepare] {stats['samples']} samples ({stats['splits']}) in {len(results)} shards, "

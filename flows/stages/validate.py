@@ -6,6 +6,7 @@ from pathlib import Path
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
+from components.atomic import recover_folder
 from components.params import load_params
 from flows.stages.common import CURATED_DIR, REPORTS_DIR, relative_to_project
 
@@ -34,6 +35,7 @@ def validate_stage_flow(project_dir: str) -> dict:
     contract_params = {**DEFAULT_CONTRACT_PARAMS, **(settings.get("contract") or {})}
     curated = root / CURATED_DIR
     validation = curated / "validation"
+    recover_folder(root / params["data"]["raw_dir"])  # a synth stage killed mid-swap left only data/raw.old
     sources = curate.read_sources(root / params["data"]["raw_dir"])
     context = get_context(validation)  # a file context: results and Data Docs stay inspectable
     rejects = []

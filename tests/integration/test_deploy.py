@@ -117,6 +117,7 @@ def test_prefect_yaml_matches_the_deployment_definitions():
         assert entry["entrypoint"] == spec.entrypoint
         assert entry["work_pool"]["name"] == spec.work_pool == params["work_pool"]
         assert entry["parameters"] == {"project_dir": "{{ prefect.variables.mesa_project_dir }}"}
+        assert entry["concurrency_limit"] == spec.concurrency_limit == 1  # runs share the workspace
         # Each entrypoint names a Prefect flow with the spec's flow name (deployments are <flow>/<name>).
         path, _, function = spec.entrypoint.partition(":")
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
@@ -157,6 +158,7 @@ def test_served_deployments_run_when_triggered(project, prefect_api, tmp_path):
         [schedule] = retrain.schedules
         assert (schedule.schedule.cron, schedule.schedule.timezone) == (params["retrain_cron"], params["timezone"])
         assert schedule.active
+        assert retrain.global_concurrency_limit.limit == 1  # a run due while one runs waits in the queue
 
         run = trigger_synth(project)
         assert_synth_ran(run, project, log)
@@ -192,6 +194,7 @@ def test_a_process_worker_runs_the_work_pool_deployment(project, prefect_api, tm
     assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {
         "directory": "{{ prefect.variables.mesa_project_dir }}"}}]
     assert deployment.schedules[0].schedule.cron == load_params(project)["deploy"]["retrain_cron"]
+    assert deployment.global_concurrency_limit.limit == 1
 
     # A process worker picks the triggered run up, changes into the project and runs it (synth is
     # already up to date when the served test ran first, so DVC skips it: the path is what is tested).

@@ -11,15 +11,28 @@ import subprocess
 import pytest
 import yaml
 
-from tests.conftest import make_micro_project
+from tests.conftest import make_micro_project, set_params
 
 STAGES = ("synth", "ingest", "validate", "captions", "prepare", "vae", "latents", "train", "evaluate")
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A copy of the project in a fresh git repo, on the micro profile, with `mesa` on PATH."""
-    return _fresh_project(tmp_path_factory)
+def recorded_imports(tmp_path_factory):
+    """Where every stage process of this module's runs records the project files it imported."""
+    return tmp_path_factory.mktemp("imports")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, recorded_imports):
+    """A copy of the project in a fresh git repo, on the micro profile, with `mesa` on PATH.
+
+    While the module's tests run, stage processes record their imports (MESA_RECORD_IMPORTS).
+    """
+    from flows.settings import RECORD_IMPORTS_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(RECORD_IMPORTS_ENV, str(recorded_imports))
+        yield _fresh_project(tmp_path_factory)
 
 
 def _fresh_project(tmp_path_factory):
@@ -102,10 +115,75 @@ def test_retrain_runs_the_stages_then_skips_them_when_nothing_changed(project, p
     # shadow.enabled is read by training (and the evaluation of its model) only: switching it
     # never touches the data stages or the VAE.
     committed = (project / "params.yaml").read_text()
-    _set_params(project, shadow__enabled=False)
+    set_params(project, shadow__enabled=False)
     status = subprocess.run(["dvc", "status", "--json"], cwd=project, capture_output=True, text=True, check=True)
     (project / "params.yaml").write_text(committed)
     assert set(json.loads(status.stdout)) == {"train", "evaluate"}
+
+
+def _module_name(file: str) -> str:
+    """components/samples/__init__.py -> components.samples; components/samples/x.py -> components.samples.x."""
+    parts = file.removesuffix(".py").split("/")
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_every_stage_imported_only_its_dvc_yaml_code_deps(project, recorded_imports):
+    """What the stage processes of the first retrain really imported, against the static deps."""
+    from components.devtools.stage_deps import cli_startup_files, direct_imports, is_code_entry
+
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    deps = {name: {e for e in stage["deps"] if is_code_entry(e, project)} for name, stage in stages.items()}
+    records = [json.loads(path.read_text()) for path in sorted(recorded_imports.glob("*.json"))]
+    assert {r["label"] for r in records} == set(STAGES), (
+        f"stages that recorded their imports in {recorded_imports}: {sorted({r['label'] for r in records})}; "
+        "this test needs the first test of this file (the full retrain) to run before it")
+    # A `mesa stage` process also loads the CLI's modules (not deps), from the code it ran (the installed
+    # checkout's, for the `mesa` on PATH).
+    startup = {root: cli_startup_files(root) for root in {r for record in records for r in record["roots"]}}
+    for record in records:
+        allowed = set(deps[record["label"]])
+        if "flows/cli.py" in record["files"]:
+            allowed |= set().union(*(startup[root] for root in record["roots"]))
+        assert not set(record["files"]) - allowed, (
+            f"stage {record['label']} (process {record['argv']}) imported files that are not its code deps "
+            f"in dvc.yaml: {sorted(set(record['files']) - allowed)}; run `mesa dev deps --write`")
+
+    # The static deps are a little larger: modules imported inside functions that a micro run does not
+    # call. Each such extra must be imported lazily by a dep, or at import time only by other extras.
+    for stage in STAGES:
+        ran = set().union(*(r["files"] for r in records if r["label"] == stage))
+        extras = deps[stage] - ran
+        print(f"{stage}: {len(deps[stage])} code deps, {len(ran & deps[stage])} imported by the micro run, "
+              f"{len(extras)} static only: {sorted(extras)}")
+        for extra in extras:
+            lazily, eagerly = [], []
+            for dep in deps[stage]:
+                module = _module_name(dep)
+                if _module_name(extra) not in direct_imports(project, module, stage=stage):
+                    continue
+                if _module_name(extra) in direct_imports(project, module, stage=stage, import_time_only=True):
+                    eagerly.append(dep)
+                else:
+                    lazily.append(dep)
+            assert (lazily or eagerly) and set(eagerly) <= extras, (
+                f"stage {stage}: {extra} is a static dep that no process imported, yet it is imported lazily by "
+                f"{lazily} and at import time by {eagerly} (of which {sorted(set(eagerly) - extras)} ran): "
+                "the analysis and the recording disagree")
+
+
+@pytest.mark.parametrize("module", ["components/samples/dataset.py", "components/captions/builder.py"])
+def test_editing_code_that_training_runs_makes_dvc_rerun_train(project, module):
+    """The trainer reads the dataset and augments captions at training time: an edit reruns train."""
+    path = project / module
+    original = path.read_text()
+    try:
+        path.write_text(original + "# an edit that changes no output of the data stages\n")
+        status = subprocess.run(["dvc", "status", "--json"], cwd=project, capture_output=True, text=True, check=True)
+    finally:
+        path.write_text(original)
+    changed = set(json.loads(status.stdout))
+    assert {"train", "evaluate"} <= changed
+    assert "prepare" not in changed  # prepare never imports either module
 
 
 def _lock_outs(project) -> dict[str, str]:
@@ -142,18 +220,6 @@ def _registry_client(project):
     return _client_for(project, None)[1]
 
 
-def _set_params(project, **values):
-    """Set dotted params.yaml keys (e.g. train__steps=36 for train.steps) in the test project."""
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for dotted, value in values.items():
-        *groups, leaf = dotted.split("__")
-        node = params
-        for group in groups:
-            node = node[group]
-        node[leaf] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def test_promotion_moves_champion_for_a_better_challenger_not_a_broken_one_then_rolls_back(project, prefect_api):
     from components.tracking.registry import CHALLENGER, CHAMPION, get_alias_version
     from flows.promote import promote_flow
@@ -162,10 +228,10 @@ def test_promotion_moves_champion_for_a_better_challenger_not_a_broken_one_then_
     client = _registry_client(project)
     assert int(get_alias_version(client, "mesa", CHAMPION).version) == 1  # the first retrain's model
     # The team's gate: the held-out denoising loss must not regress by more than 10 %.
-    _set_params(project, registry__gate__metrics=["heldout_denoising_loss"], registry__gate__max_regression=0.1)
+    set_params(project, registry__gate__metrics=["heldout_denoising_loss"], registry__gate__max_regression=0.1)
 
     # A better challenger: the same run trained three times as long (it resumes from step 12).
-    _set_params(project, train__steps=36)
+    set_params(project, train__steps=36)
     better = retrain(project_dir=str(project))
     assert [s["stage"] for s in better["stages"] if s["ran"]] == ["train", "evaluate"]
     assert better["registration"]["new"] and better["promotion"]["promoted"], better["promotion"]
@@ -175,7 +241,7 @@ def test_promotion_moves_champion_for_a_better_challenger_not_a_broken_one_then_
 
     # A genuinely worse one: a broken setting (learning rate 0: the weights never leave their
     # initialisation), really trained and really evaluated.
-    _set_params(project, train__learning_rate=0.0)
+    set_params(project, train__learning_rate=0.0)
     broken = retrain(project_dir=str(project))
     assert broken["registration"]["new"] and not broken["promotion"]["promoted"]
     assert any("heldout_denoising_loss" in reason for reason in broken["promotion"]["reasons"])
@@ -192,7 +258,7 @@ def test_promotion_moves_champion_for_a_better_challenger_not_a_broken_one_then_
 
     # The evaluation changes (other sampling settings) together with a new model: the champion,
     # evaluated the old way, is evaluated again the new way before the two are compared.
-    _set_params(project, evaluate__steps=4, train__learning_rate=0.001, train__steps=48)
+    set_params(project, evaluate__steps=4, train__learning_rate=0.001, train__steps=48)
     changed = retrain(project_dir=str(project))
     assert {"train", "evaluate"} <= {s["stage"] for s in changed["stages"] if s["ran"]}
     current = json.loads((project / "reports/metrics.json").read_text())["evaluation_fingerprint"]

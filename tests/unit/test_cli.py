@@ -10,7 +10,8 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["retrain"], ["stage"], ["data"], ["data", "synth"],
-                                     ["data", "summary"], ["data", "validate"], ["data", "captions"], ["profile"], ["profile", "use"], ["profile", "show"], ["generate"], ["evaluate"]])
+                                     ["data", "summary"], ["data", "validate"], ["data", "captions"], ["profile"], ["profile", "use"], ["profile", "show"], ["generate"], ["evaluate"],
+                                     ["rebuild"], ["gc"], ["dev"], ["dev", "deps"], ["promote"], ["ablation"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, command + ["--help"])
     assert result.exit_code == 0, result.output

@@ -73,3 +73,29 @@ def test_evaluation_fingerprint_changes_with_the_held_out_set_and_the_settings_o
     assert evaluation_fingerprint(changed_dem, settings, None, True) != first
     assert evaluation_fingerprint(held_out, EvaluateParams(steps=10), None, True) != first
     assert evaluation_fingerprint(held_out, settings, None, False) != first
+
+
+def test_the_evaluation_report_is_readable_by_others_under_umask_022(samples, tmp_path):
+    """reports/ is read by teammates and served: metrics.json, eval.md and the grids come out 0644."""
+    import os
+    import stat
+
+    from components.evaluation.run import EvaluateParams, run_evaluation
+    from components.model.pipeline import tiny_random_pipeline
+
+    shards, _ = samples
+    stats = json.loads((shards[0].parent / "stats.json").read_text())
+    pipeline = tiny_random_pipeline(["A Sentinel-2 image of hills"], image_px=stats["prepare"]["image_px"],
+                                    stats=stats)
+    settings = EvaluateParams(seeds=(42,), min_generations=1, steps=1, grid_cells=1,
+                              grid_captions=("A Sentinel-2 image of hills",), batch_size=8, denoising_samples=2)
+    old = os.umask(0o022)
+    try:
+        run_evaluation(pipeline, shards, stats, settings, tmp_path / "reports", "tiny", progress=lambda _: None)
+    finally:
+        os.umask(old)
+    written = sorted(p for p in (tmp_path / "reports").rglob("*"))
+    names = {str(p.relative_to(tmp_path / "reports")) for p in written}
+    assert {"metrics.json", "eval.md", "eval", "eval/seed_variability.png", "eval/real_vs_generated.json"} <= names
+    assert {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {
+        str(p.relative_to(tmp_path)): ("0o755" if p.is_dir() else "0o644") for p in written}

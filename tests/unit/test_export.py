@@ -202,3 +202,28 @@ def test_rewrite_replaces_atomically(tmp_path):
         assert src.tags()["seed"] == "2"
         np.testing.assert_array_equal(src.read(1), dem + 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r_dem.tif", "r_rgb.tif"]
+
+
+def test_every_file_an_artist_gets_is_readable_by_others_under_umask_022(tmp_path):
+    """Exports are shared (a teammate, a web server): 0644 under umask 022, like any other file."""
+    import os
+    import stat
+
+    from components.export.generation import generate_and_export
+    from components.model.pipeline import tiny_random_pipeline
+
+    old = os.umask(0o022)
+    try:
+        paths = export_all(*_sample(), tmp_path / "exports", name="s", prompt="p", seed=3, model="m")
+        pipeline = tiny_random_pipeline(["A Sentinel-2 image of hills"], image_px=16, seed=0)
+        result = generate_and_export(pipeline, "A Sentinel-2 image of hills", [42], tmp_path / "generated",
+                                     steps=1, guidance=2.0)
+    finally:
+        os.umask(old)
+    assert set(paths) >= {"rgb_tif", "dem_tif", "heightmap_png", "heightmap_raw", "heightmap_json", "rgb_png",
+                          "hillshade_png", "relief_png"}
+    written = [*paths.values(), *(tmp_path / "generated" / name for name in result["files"])]
+    assert result["manifest"].name == "generation.json" and len(written) == 2 * len(paths) + 1
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {p.name: "0o644" for p in written}
+    assert stat.S_IMODE((tmp_path / "generated").stat().st_mode) == 0o755
+    assert _no_temp_files(tmp_path / "exports") and _no_temp_files(tmp_path / "generated")

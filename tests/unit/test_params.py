@@ -40,6 +40,27 @@ def test_apply_micro_then_demo_round_trips_and_keeps_comments(project):
     assert (project / "params.yaml").read_text() == before
 
 
+def test_applying_a_profile_keeps_params_yaml_readable_and_its_mode(project):
+    """`mesa profile use` rewrites params.yaml: 0644 under umask 022 (DVC, teammates read it); a mode
+    the user chose stays."""
+    import os
+    import stat
+
+    path = project / "params.yaml"
+    os.chmod(path, 0o644)
+    old = os.umask(0o022)
+    try:
+        apply_profile("micro", project)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        os.chmod(path, 0o640)
+        os.umask(0o077)
+        apply_profile("demo", project)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in project.iterdir()) == ["configs", "params.yaml"]  # no temporary left
+
+
 def test_unknown_profile_and_disagreeing_profiles_are_clear_errors(project):
     with pytest.raises(ValueError, match="unknown profile 'huge'.*demo"):
         apply_profile("huge", project)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -257,6 +258,13 @@ def test_system_metrics_are_queued(project):
 
 
 # --------------------------------------------------------------------------- spill and replay
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
 def test_spill_when_unreachable_at_finish_then_replay(project, messages):
     client, run_id = _new_run(project, "spill")
     flaky = FlakyClient(client)
@@ -284,7 +292,7 @@ def test_spill_when_unreachable_at_finish_then_replay(project, messages):
     assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/last.png"]
 
 
-def test_replay_stops_and_keeps_the_rest_when_still_down(project):
+def test_replay_stops_and_keeps_the_rest_when_still_down(project, umask_022):
     client, run_id = _new_run(project, "replay-down")
     flaky = FlakyClient(client)
     logger = RunLogger(flaky, run_id, project / "mlruns-spill")
@@ -295,6 +303,9 @@ def test_replay_stops_and_keeps_the_rest_when_still_down(project):
     with pytest.raises(RuntimeError, match="sent 0 of"):
         replay_spill(spill, client=flaky)
     assert spill.read_text() == before
+    # Rewritten atomically with the umask's mode, nothing left over.
+    assert oct(spill.stat().st_mode & 0o777) == "0o644"
+    assert not [p.name for p in spill.parent.iterdir() if p.name.endswith(".tmp")]
     flaky.down.clear()
     assert replay_spill(spill, client=flaky) == 2
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,3 +180,38 @@ def test_evaluation_of_a_perfect_copy_beats_bilinear(micro):
                                 stats["prepare"]["latent_factor"])
     assert r["rgb_mse"] == 0 and r["dem_rmse_m"] == pytest.approx(0, abs=1e-3) and r["rgb_beats_bilinear"] and r["dem_beats_bilinear"]
     assert r["dem_bilinear_rmse_m"] > 0 and np.isfinite(r["dem_bilinear_psnr_db"])
+
+
+def test_save_vae_atomic_writes_the_same_bytes_readable_by_others_and_keeps_the_old_folder_on_failure(tmp_path):
+    import os
+    import stat
+
+    torch.manual_seed(0)
+    vae = build_vae(tiny_vae_config(8, 4, block_out_channels=WIDTHS))
+    vae.save_pretrained(tmp_path / "plain", safe_serialization=True)
+    out = tmp_path / "models" / "vae"
+    old = os.umask(0o022)
+    try:
+        save_vae_atomic(vae, out)
+        save_vae_atomic(vae, out)  # over the first one
+    finally:
+        os.umask(old)
+
+    def files(folder):
+        return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    saved, plain = files(out), files(tmp_path / "plain")
+    assert {k: p.read_bytes() for k, p in saved.items()} == {k: p.read_bytes() for k, p in plain.items()}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in saved.values()} == {0o644}
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert sorted(p.name for p in out.parent.iterdir()) == ["vae"]
+
+    class Failing:
+        def save_pretrained(self, folder, **_):
+            (Path(folder) / "config.json").write_text("{half")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_vae_atomic(Failing(), out)
+    assert {k: p.read_bytes() for k, p in files(out).items()} == {k: p.read_bytes() for k, p in plain.items()}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["vae"]

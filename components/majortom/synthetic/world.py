@@ -28,6 +28,7 @@ import pandas as pd
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from components.atomic import atomic_write
 from components.captions.descriptors import DEFAULT_BIOME_SHORT_FORMS
 from components.captions.layers import open_layer
 from components.majortom.geotiff import encode_geotiff
@@ -378,11 +379,15 @@ def write_region_layers(folder: str | Path, cells: Sequence[CellPlan]) -> dict[s
     pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": "2000-01-01T00:00:00.000Z"})
     for name, records in (("ecoregions", eco_rows), ("landforms", landform_rows)):
         frame = gpd.GeoDataFrame(records, geometry="geometry", crs="EPSG:4326")
-        tmp = paths[name].with_suffix(".tmp.gpkg")
-        tmp.unlink(missing_ok=True)
-        frame.to_file(tmp, driver="GPKG", layer=name)
-        tmp.replace(paths[name])
+        atomic_write(paths[name], lambda tmp, frame=frame, name=name: _write_gpkg(frame, tmp, name),
+                     suffix=".tmp.gpkg")
     return paths
+
+
+def _write_gpkg(frame, path: Path, layer: str) -> None:
+    # GDAL creates a GeoPackage itself: it cannot open the empty file atomic_write reserved.
+    path.unlink()
+    frame.to_file(path, driver="GPKG", layer=layer)
 
 
 def _realm(lat: float, lon: float) -> str:
@@ -406,7 +411,7 @@ def finish_world(out: str | Path, plan: WorldPlan, shard_results: Sequence[dict]
     write_region_layers(out / LAYERS_DIR, plan.cells)
     manifest = pd.DataFrame([{**asdict(c), "acquired": c.acquired} for c in plan.cells])
     manifest["shard"] = [i // plan.params.cells_per_shard for i in range(len(manifest))]
-    manifest.to_parquet(out / WORLD_MANIFEST, index=False)
+    atomic_write(out / WORLD_MANIFEST, lambda tmp: manifest.to_parquet(tmp, index=False))
     good = manifest[manifest["broken"].isna()]
     return {
         "cells_total": int(len(manifest)),

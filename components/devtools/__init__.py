@@ -1,0 +1,1 @@
+"""Developer tools that look at the project's own code (not part of any pipeline stage)."""
