@@ -17,7 +17,7 @@ export MPLBACKEND=Agg
 export MLFLOW_DISABLE_TELEMETRY=true
 export DO_NOT_TRACK=true
 
-.PHONY: demo test install benchmark clean
+.PHONY: demo test test-fast install benchmark clean
 
 install: $(STAMP)
 
@@ -32,8 +32,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/mesa demo
 
+# Everything (what CI runs); the 25 slowest tests are listed at the end.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
+
+# The inner loop: every test not marked slow (unit tests and the quick integration tests).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" --durations=25
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/read_shards.py

@@ -44,7 +44,7 @@ REPEATS = 3  # timings are the best of 3 (vectorised warm runs and loops alike)
 
 def cell_centres(n_cells: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Centres of n_cells Major TOM cells that are land or coast (grid order)."""
-    from components.captions.layers import _koppen_data
+    from components.captions.layers.biomes import _koppen_data
     from components.majortom.grid import default_grid
 
     grid = default_grid()
@@ -98,11 +98,11 @@ def _loop_data():
     """The country polygons one per country (as Natural Earth has them) and the Koppen raster."""
     import shapely
 
-    from components.captions.layers import (
-        NE_NAME_EXPANSIONS, _geo_intel_feature, _koppen_data, _package_dir, _read_gz_json,
-    )
+    from components.captions.layers.base import package_dir
+    from components.captions.layers.biomes import _koppen_data
+    from components.captions.layers.countries import NE_NAME_EXPANSIONS, _geo_intel_feature, _read_gz_json
 
-    data = _package_dir("geo_intel_offline") / "data"
+    data = package_dir("geo_intel_offline") / "data"
     features = _read_gz_json(data / "polygons.json.gz")
     meta = _read_gz_json(data / "metadata.json.gz")
     countries = []
@@ -125,7 +125,8 @@ def baseline_loop(lat: np.ndarray, lon: np.ndarray, ts: np.ndarray, fallback_m: 
 
     import shapely
 
-    from components.captions.layers import EARTH_RADIUS_M, KOPPEN_TO_BIOME_NUM, RESOLVE_BIOMES, ROCK_AND_ICE
+    from components.captions.layers.base import EARTH_RADIUS_M
+    from components.captions.layers.biomes import KOPPEN_TO_BIOME_NUM, RESOLVE_BIOMES, ROCK_AND_ICE
 
     countries, (raster, codes, ocean) = _loop_data()
     h, w = raster.shape

@@ -25,9 +25,9 @@ configure_environment()
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from components.majortom.http_mirror import MirrorServer  # noqa: E402
 from components.majortom.ingest import IngestConfig, run_ingest  # noqa: E402
 from components.majortom.ingest_manifest import read_manifest  # noqa: E402
+from testsupport.http_mirror import MirrorServer  # noqa: E402
 
 SOURCES = ("s2l2a", "s2l1c", "dem")
 

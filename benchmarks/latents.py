@@ -39,10 +39,10 @@ from components.model.factories import (  # noqa: E402
     training_scheduler,
 )
 from components.samples.dataset import TerrainSampleDataset, collate  # noqa: E402
-from components.samples.latents import (  # noqa: E402
+from components.samples.latents.encode import encode_samples_to_latents  # noqa: E402
+from components.samples.latents.read import (  # noqa: E402
     LatentSampleDataset,
     collate_latents,
-    encode_samples_to_latents,
     latent_shards,
     sample_posterior,
 )

@@ -24,6 +24,7 @@ configure_environment()
 import pandas as pd  # noqa: E402
 
 from components.curation.curate import absolute_shard_paths  # noqa: E402
+from components.layout import CAPTIONS_FILE, CURATED_INDEX  # noqa: E402
 from components.params import load_params  # noqa: E402
 from components.samples.prepare import S2_COLUMNS, PrepareParams, _one, iter_groups  # noqa: E402
 from components.samples.split import assign_split  # noqa: E402
@@ -46,13 +47,13 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=96)
     args = parser.parse_args()
     root = Path(args.project)
-    index_path = root / "data/curated/index.parquet"
+    index_path = root / CURATED_INDEX
     if not index_path.exists():
         raise SystemExit(f"{index_path} not found: run `make demo` (or the validate and captions stages) first")
     params = load_params(root)
     prepare = PrepareParams.from_params(params["prepare"], params["validate"]["cloud_classes"])
     index = absolute_shard_paths(pd.read_parquet(index_path), root).head(args.cells)
-    descriptors = pd.read_parquet(root / "data/captions/captions.parquet")
+    descriptors = pd.read_parquet(root / CAPTIONS_FILE)
     splits = dict(zip(index["grid_cell"], assign_split(index["grid_cell"])))
     groups = [group for _, group in iter_groups(index)]
     # Two chunks per worker per group so both threads stay busy whatever the shard sizes.

@@ -21,6 +21,7 @@ configure_environment()
 
 import pyarrow.parquet as pq  # noqa: E402
 
+from components.layout import SYNTH_OUT  # noqa: E402
 from components.majortom.geotiff import decode_geotiff  # noqa: E402
 from components.majortom.shards import SHARD_DIR, read_shard  # noqa: E402
 from components.majortom.summary import READ_COLUMNS  # noqa: E402
@@ -31,8 +32,8 @@ SOURCES = ("s2l2a", "dem")
 def world_dir() -> Path:
     if len(sys.argv) > 1:
         return Path(sys.argv[1])
-    if (Path("data/raw") / "s2l2a").exists():
-        return Path("data/raw")
+    if (SYNTH_OUT / "s2l2a").exists():
+        return SYNTH_OUT
     from components.majortom.synthetic.world import SynthParams, build_world
 
     out = Path(tempfile.mkdtemp(prefix="mesa-bench-")) / "raw"

@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from components.model.factories import build_unet, build_vae, paper_unet_config, tiny_vae_config  # noqa: E402
-from components.model.pipeline import TINY_STATS, build_pipeline, tiny_random_pipeline  # noqa: E402
+from components.model.pipeline import build_pipeline  # noqa: E402
 from components.model.text import tiny_text_encoder, train_caption_tokenizer  # noqa: E402
+from testsupport.pipelines import TINY_STATS, tiny_random_pipeline  # noqa: E402
 
 PROMPTS = [
     "A Sentinel-2 image of deserts and plains in Spain in May",

@@ -2,7 +2,7 @@
 embedded default (SQLite in the project folder).
 
 Baseline: the embedded default, ``sqlite:///<project>/mlruns.db`` written directly by each client
-(what `components.tracking.runs.tracking_uri` gives when MLFLOW_TRACKING_URI is unset). Measured:
+(what `components.tracking.store.tracking_uri` gives when MLFLOW_TRACKING_URI is unset). Measured:
 an `mlflow server` on a fresh PostgreSQL database (started as `mesa infra up --native` does), each
 client sending through HTTP. Every client is its own process with its own run and calls
 ``log_batch`` with `--metrics` metrics per call, `--batches` times, all clients starting together.
@@ -28,6 +28,7 @@ from flows.settings import configure_environment  # noqa: E402
 
 configure_environment()
 
+from components.layout import MLFLOW_DB  # noqa: E402
 from components.tracking.server import (  # noqa: E402
     drop_database,
     ensure_database,
@@ -43,7 +44,7 @@ def client(uri: str, run_id: str, batches: int, metrics: int, barrier, results) 
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from components.tracking.runs import configure_client_retries
+    from components.tracking.store import configure_client_retries
 
     configure_client_retries(uri)
     mlflow_client = MlflowClient(uri)
@@ -111,7 +112,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mesa-tracking-load-"))
     print(f"{args.clients} clients x {args.batches} log_batch calls x {args.metrics} metrics; work folder {work}")
     (work / "project").mkdir()
-    baseline = measure("sqlite (embedded default)", f"sqlite:///{work / 'project' / 'mlruns.db'}", args)
+    baseline = measure("sqlite (embedded default)", f"sqlite:///{work / 'project' / MLFLOW_DB}", args)
 
     database = f"mesa_bench_{uuid.uuid4().hex[:10]}"
     ensure_database(args.postgres, database)

@@ -36,12 +36,9 @@ import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
-from components.curation.contracts import (  # noqa: E402
-    DEFAULT_CONTRACT_PARAMS,
-    grid_columns,
-    metadata_suite,
-    validate_table,
-)
+from components.curation.contracts.derived_columns import grid_columns  # noqa: E402
+from components.curation.contracts.suites import DEFAULT_CONTRACT_PARAMS, metadata_suite  # noqa: E402
+from components.curation.contracts.validation import validate_table  # noqa: E402
 from components.majortom.grid import EARTH_RADIUS_KM, default_grid, utm_epsg  # noqa: E402
 
 ROWS = int(sys.argv[1]) if len(sys.argv) > 1 else 2_200_000

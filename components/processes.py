@@ -8,7 +8,8 @@ Prefect server it started would live on as orphans. Here:
   code runs and no retry logic mistakes it for a failure);
 - :func:`run_streaming` starts a command in its own process group (``start_new_session``), so a
   drill or an operator can kill exactly that command and everything it started, and on any
-  interruption of the caller it stops that whole group before re-raising.
+  interruption of the caller it stops that whole group before re-raising. It is the one helper
+  that streams a subprocess's output line by line.
 """
 from __future__ import annotations
 
@@ -85,19 +86,31 @@ def _group_gone(group: int, process: subprocess.Popen, timeout_s: float) -> bool
 
 
 def run_streaming(command: Sequence[str], *, cwd: str | Path, env: Mapping[str, str] | None = None,
-                  on_line: Callable[[str], None], grace_s: float = GRACE_SECONDS) -> int:
-    """Run `command` in a new process group, pass each non-empty output line to `on_line`.
+                  on_line: Callable[[str], None], grace_s: float = GRACE_SECONDS, new_session: bool = True) -> int:
+    """Run `command`, pass each non-empty output line (stdout and stderr merged) to `on_line`.
 
-    stdout and stderr are merged. When the caller is interrupted (SIGTERM via
-    :func:`stop_on_sigterm`, Ctrl-C, a failing `on_line`), the command's whole process group is
-    stopped before the exception goes on.
+    When the caller is interrupted (SIGTERM via :func:`stop_on_sigterm`, Ctrl-C, a failing
+    `on_line`), the command is stopped before the exception goes on: its whole process group when
+    it has one of its own, else the command alone.
+
+    Args:
+        command (Sequence[str]): the program and its arguments.
+        cwd (str | Path): the working directory.
+        env (Mapping[str, str] | None, default None): the environment (None: this process's).
+        on_line (Callable[[str], None]): gets each line, without its line break.
+        grace_s (float, default 5.0): seconds between SIGTERM and SIGKILL when stopping it.
+        new_session (bool, default True): start it in a process group of its own, so that a drill
+            or an operator can stop exactly it and its children. False keeps it in the caller's
+            group, for a command that must get the signals sent to the caller's group (the train
+            stage's `accelerate launch`, which is itself the stage's group).
 
     Returns:
         int: the command's exit status (negative: killed by that signal).
     """
+    # errors="replace": a tool that prints a non-UTF-8 byte must not end the stream half-way.
     process = subprocess.Popen(list(command), cwd=cwd, env=None if env is None else dict(env),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                               start_new_session=new_session)
     try:
         assert process.stdout is not None
         for line in process.stdout:
@@ -106,8 +119,29 @@ def run_streaming(command: Sequence[str], *, cwd: str | Path, env: Mapping[str, 
                 on_line(line)
         return process.wait()
     except BaseException:
-        stop_process_group(process, grace_s)
+        if new_session:
+            stop_process_group(process, grace_s)
+        else:
+            stop_process(process, grace_s)  # its group is ours: signalling the group would stop the caller too
         raise
     finally:
         if process.stdout is not None:
             process.stdout.close()
+
+
+def stop_process(process: subprocess.Popen, grace_s: float = GRACE_SECONDS) -> None:
+    """SIGTERM to `process` alone, SIGKILL after `grace_s` when it still runs; reap it.
+
+    Args:
+        process (subprocess.Popen): a child of this process.
+        grace_s (float, default 5.0): seconds it gets to exit after SIGTERM.
+    """
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5.0)

@@ -1,4 +1,10 @@
-"""`mesa`: the one command-line entry point (every command has --help)."""
+"""`mesa`: the one command-line entry point (every command has --help).
+
+Only typer and light project modules are imported here and by the command modules registered
+below (models, serve, deploy, data, infra, dev, versioning): each command imports Prefect, MLflow, torch
+and the rest inside its body, so `mesa --help` and `mesa CMD --help` start in well under a second
+(tests/unit/test_cli.py checks that nothing heavy is imported).
+"""
 from __future__ import annotations
 
 from flows.settings import configure_environment
@@ -12,13 +18,25 @@ from typing import Optional  # noqa: E402
 
 import typer  # noqa: E402
 
-app = typer.Typer(help="MESA text-to-terrain: data, training and MLOps pipeline.", no_args_is_help=True,
-                  pretty_exceptions_show_locals=False)
-data_app = typer.Typer(help="Data steps that are useful alone (synth, ingest, validate, captions, summary).",
-                       no_args_is_help=True)
+
+class MesaTyper(typer.Typer):
+    """The `mesa` app: invalid params end a command with one message and exit code 2, not a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValueError as err:
+            from components.config.errors import ParamsError  # only now: `mesa --help` stays light
+
+            if not isinstance(err, ParamsError):
+                raise
+            typer.echo(f"mesa: {err}", err=True)
+            raise SystemExit(2) from None
+
+
+app = MesaTyper(help="MESA text-to-terrain: data, training and MLOps pipeline.", no_args_is_help=True,
+                pretty_exceptions_show_locals=False)
 profile_app = typer.Typer(help="Parameter profiles (demo, micro, paper).", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-app.add_typer(profile_app, name="profile")
 
 
 def _root() -> Path:
@@ -84,178 +102,39 @@ def stage_command(name: str = typer.Argument(..., help="Stage name as in dvc.yam
     run_stage(name, _root())
 
 
-@app.command()
-def generate(
-    prompt: str = typer.Argument(..., help='Caption, e.g. "A Sentinel-2 image of deserts and mountains in Chile in March".'),
-    model: str = typer.Option("models/pipeline", help="A pipeline folder, or an MLflow URI (models:/mesa@champion, runs:/ID/pipeline)."),
-    seed: list[int] = typer.Option([42], "--seed", help="Seed (repeatable: one generation per seed)."),
-    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: params sample.steps, 50)."),
-    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: sample.guidance, 7)."),
-    sampler: Optional[str] = typer.Option(None, help="ddim, ddpm, euler, dpm++, pndm or a diffusers scheduler class."),
-    negative_prompt: Optional[str] = typer.Option(None, help="What to steer away from."),
-    grid_cell: Optional[str] = typer.Option(None, help="Place the GeoTIFFs on this Major TOM cell (e.g. 454U_120R)."),
-    out: Path = typer.Option(Path("generated"), help="Output folder (GeoTIFFs, heightmaps, previews, generation.json)."),
+def ablation_command(
+    project: Optional[Path] = typer.Option(None, help="Project folder (default: the one holding params.yaml, "
+                                                      "searched upwards from here)."),
 ) -> None:
-    """Generate an RGB image and its DEM in metres from a caption, and export them for GIS and 3D tools."""
-    from components.export.generation import generate_and_export
-    from components.params import load_params
-    from components.tracking.models import load_pipeline
+    """The shadow correction x caption dropout matrix (params.yaml `ablation`) as DVC experiments, compared in MLflow.
 
-    root = _root()
-    defaults = (load_params(root).get("sample") or {}) if (root / "params.yaml").exists() else {}
-    pipeline = load_pipeline(model, root)
-    written = generate_and_export(
-        pipeline, prompt, seeds=seed, out_dir=out, model=model,
-        steps=int(steps or defaults.get("steps", 50)),
-        guidance=float(guidance if guidance is not None else defaults.get("guidance", 7.0)),
-        sampler=sampler or defaults.get("sampler"), eta=float(defaults.get("eta", 0.0)),
-        negative_prompt=negative_prompt, grid_cell=grid_cell,
-    )
-    for item in written["generations"]:
-        typer.echo(f"seed {item['seed']}: DEM {item['dem_min_m']:.0f}..{item['dem_max_m']:.0f} m "
-                   f"(base {item['base_elevation_m']:.0f} m from {item['base_elevation_key'] or 'global median'!r})")
-    typer.echo(f"wrote {len(written['files'])} files -> {out}/ (generation.json lists them)")
+    Each variant is a `dvc exp run --temp` of the current commit; a rerun skips what DVC already has.
 
-
-@app.command()
-def evaluate(
-    model: str = typer.Option("models/pipeline", help="A pipeline folder or an MLflow URI (models:/mesa@champion)."),
-    compare_with: Optional[list[str]] = typer.Option(None, "--compare-with",
-                                                     help="Another model drawn beside it on the Table 4 captions (repeatable)."),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: reports/evaluations/<model>)."),
-) -> None:
-    """Grids and terrain metrics of any model on the held-out cells: metrics.json, eval.md, eval/*.png."""
-    import re
-
-    from flows.stages.evaluate import evaluate_stage_flow
-
-    root = _root()
-    out = out or root / "reports" / "evaluations" / re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_")
-    report = evaluate_stage_flow(project_dir=str(root), model=model, compare_with=compare_with, reports_dir=str(out))
-    accuracy = report["metrics"]["landform_balanced_accuracy"]["value"]
-    typer.echo(f"landform balanced accuracy {accuracy} (chance {report['landform_chance']}); "
-               f"report: {out / 'eval.md'}")
-
-
-@data_app.command("synth")
-def data_synth(
-    out: Path = typer.Option(Path("data/raw"), help="Folder for s2l2a/, s2l1c/, dem/ and layers/."),
-    cells: Optional[int] = typer.Option(None, help="Good cells to generate (default: params synth.cells)."),
-    seed: Optional[int] = typer.Option(None, help="Random seed (default: params synth.seed)."),
-    broken: Optional[bool] = typer.Option(None, "--broken/--no-broken", help="Add deliberately broken rows."),
-    workers: Optional[int] = typer.Option(None, help="Shards built in parallel."),
-) -> None:
-    """Generate a synthetic Major TOM world (upstream schema) into OUT."""
-    from components.majortom.synthetic.world import SynthParams, build_world
-    from components.params import load_params
-
-    root = _root()
-    params = load_params(root).get("synth", {}) if (root / "params.yaml").exists() else {}
-    overrides = {k: v for k, v in dict(cells=cells, seed=seed, broken_rows=broken, workers=workers).items()
-                 if v is not None}
-    synth = SynthParams(**{**params, **overrides})
-    report = build_world(out, synth, progress=_progress_printer("synth"))
-    typer.echo(f"Wrote {report['cells_total']} cells ({report['cells_broken']} deliberately broken) in "
-               f"{report['shards']} shards per source, {report['bytes'] / 1e6:.1f} MB, "
-               f"{report['seconds']:.1f} s -> {out}/")
-
-
-@data_app.command("ingest")
-def data_ingest(
-    out: Optional[Path] = typer.Option(None, help="Ingest folder (default: params data.ingest.out_dir, data/majortom)."),
-    metadata: Optional[list[str]] = typer.Option(
-        None, "--metadata", help="SOURCE=PATH_OR_URL of a metadata.parquet (repeatable; s2l2a, s2l1c, dem)."),
-    base_url: Optional[str] = typer.Option(None, help="Relative --metadata entries are URLs under this."),
-    bbox: Optional[str] = typer.Option(None, help="Region as min_lon,min_lat,max_lon,max_lat (degrees)."),
-    region_file: Optional[Path] = typer.Option(None, help="Region as any OGR polygon file (GeoPackage, GeoJSON, ...)."),
-    date_from: Optional[str] = typer.Option(None, help="First acquisition date (ISO, inclusive)."),
-    date_to: Optional[str] = typer.Option(None, help="Last acquisition date (ISO, inclusive)."),
-    cloud_min: Optional[float] = typer.Option(None, help="Minimum cloud cover, percent."),
-    cloud_max: Optional[float] = typer.Option(None, help="Maximum cloud cover, percent."),
-    nodata_max: Optional[float] = typer.Option(None, help="Maximum no-data fraction (0-1)."),
-    l1c: Optional[bool] = typer.Option(None, "--l1c/--no-l1c", help="Also fetch S2L1C and keep only cells that have it."),
-    sample: Optional[int] = typer.Option(None, help="Draw this many cells at random after filtering."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the random sample."),
-    max_cells: Optional[int] = typer.Option(None, help="Cap on cells (the first in grid_cell order)."),
-    concurrency: Optional[int] = typer.Option(None, help="Cells fetched at the same time."),
-    retries: Optional[int] = typer.Option(None, help="Extra attempts for dropped connections, timeouts, 5xx."),
-    progress: bool = typer.Option(True, help="Show a progress bar (cells and bytes)."),
-) -> None:
-    """Fetch a filtered subset of real Major TOM (only the needed row groups and columns) into OUT.
-
-    Defaults come from params data.ingest; options override them for this run only (the DVC
-    stage `ingest` reads params alone). A rerun fetches only what is missing or failed.
+    Writes reports/ablation.md, reports/ablation.json and the shadow-correction grid (reports/ablation/).
     """
-    from components.majortom.ingest import IngestConfig, failure_verdict, run_ingest, summary_line
-    from components.params import load_params
+    from components.evaluation.ablation_run import VariantFailed
+    from components.layout import ABLATION_JSON, ABLATION_MD
+    from components.tracking.store import tracking_uri
+    from flows.ablation import ablation_flow
+    from flows.prefect_api import owned_prefect_api
+    from flows.settings import project_root
 
-    root = _root()
-    params = load_params(root) if (root / "params.yaml").exists() else {}
-    settings = dict((params.get("data") or {}).get("ingest") or {})
-    filters = dict(settings.get("filters") or {})
-    for entry in metadata or []:
-        source, sep, location = entry.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--metadata {entry!r}: write SOURCE=PATH_OR_URL, e.g. dem=data/dem/metadata.parquet")
-        settings.setdefault("metadata", {})
-        settings["metadata"] = {**settings["metadata"], source: location}
-    if base_url is not None:
-        settings["base_url"] = base_url
-    if bbox is not None:
+    root = project_root(project)
+    started = time.perf_counter()
+    with owned_prefect_api() as api_url:
+        typer.echo(f"Prefect API for this run: {api_url}")
         try:
-            filters["bbox"] = [float(v) for v in bbox.split(",")]
-        except ValueError:
-            raise typer.BadParameter(f"--bbox {bbox!r}: write min_lon,min_lat,max_lon,max_lat") from None
-    if region_file is not None:
-        filters["region_file"] = str(region_file)
-    dates = list(filters.get("date_range") or [None, None])
-    clouds = list(filters.get("cloud_cover") or [0.0, 100.0])
-    nodata = list(filters.get("nodata") or [0.0, 1.0])
-    for values, index, value in ((dates, 0, date_from), (dates, 1, date_to), (clouds, 0, cloud_min),
-                                 (clouds, 1, cloud_max), (nodata, 1, nodata_max)):
-        if value is not None:
-            values[index] = value
-    filters.update(date_range=dates, cloud_cover=clouds, nodata=nodata)
-    settings["filters"] = filters
-    for key, value in dict(need_l1c=l1c, sample=sample, seed=seed, max_cells=max_cells,
-                           concurrency=concurrency, retries=retries).items():
-        if value is not None:
-            settings[key] = value
-    config = IngestConfig(**settings)
-    folder = out or root / config.out_dir
-    report = run_ingest(config, folder, base_dir=root, progress=progress, log=lambda line: typer.echo(line, err=True))
-    typer.echo(summary_line(report, folder) + f" in {report['seconds']:.1f} s")
-    verdict = failure_verdict(report, config.max_failed_share)
-    if verdict:
-        typer.echo(verdict, err=True)
-        raise typer.Exit(1)
-
-
-@data_app.command("summary")
-def data_summary(
-    raw: Path = typer.Argument(Path("data/raw"), help="Folder with s2l2a/, s2l1c/, dem/."),
-    decode: bool = typer.Option(True, help="Decode RGB + cloud mask + DEM of every cell (reads it all back)."),
-) -> None:
-    """Read a Major TOM folder back and print a summary (cells per class, shards, bytes, decode speed)."""
-    from components.majortom.summary import format_summary, summarise_world
-
-    typer.echo(format_summary(summarise_world(raw, decode=decode)))
-
-
-@data_app.command("validate")
-def data_validate() -> None:
-    """Curate data.raw_dir: contracts, per-cell statistics, the paper's filters (the validate stage)."""
-    from flows.stages import run_stage
-
-    run_stage("validate", _root())
-
-
-@data_app.command("captions")
-def data_captions() -> None:
-    """Describe every kept cell and build its caption (the captions stage)."""
-    from flows.stages import run_stage
-
-    run_stage("captions", _root())
+            summary = ablation_flow(project_dir=str(root))
+        except VariantFailed as failure:
+            raise SystemExit(f"\nThe ablation stopped: {failure}\nFix the cause and rerun; finished variants are kept.")
+    typer.echo("\nVariants:")
+    for entry in summary["variants"]:
+        state = "trained" if entry["ran"] else "already in DVC, skipped"
+        typer.echo(f"  {entry['variant']:22s} {state:24s} MLflow run {entry['run_id']}")
+    typer.echo(f"\nDone in {time.perf_counter() - started:.0f} s. Comparison: {root / ABLATION_MD} "
+               f"(and {ABLATION_JSON.name}); grid: {summary['grid'] or 'none'}; MLflow parent run "
+               f"{summary['parent_run_id']} in experiment {summary['experiment']!r} (`mlflow ui --backend-store-uri "
+               f"{tracking_uri(root)}`); DVC: `dvc exp show`.")
 
 
 @profile_app.command("use")
@@ -280,23 +159,15 @@ def profile_show() -> None:
         typer.echo(f"{name}: {json.dumps(profile_overrides(name, root))}")
 
 
-def _progress_printer(label: str):
-    started = time.perf_counter()
-
-    def show(done: int, total: int, what: str = "") -> None:
-        elapsed = time.perf_counter() - started
-        typer.echo(f"[{label}] {done}/{total} {what} ({elapsed:.0f} s)", err=True)
-
-    return show
-
-
-# Commands defined in their own modules (each keeps heavy imports inside its function).
-# One line per module below: `from flows.X import X_command; app.command("x")(X_command)`.
+# In the order `mesa --help` lists them; the command modules are light (heavy imports inside functions).
 # --- module commands ---
+from flows.models import evaluate_command, generate_command; app.command("generate")(generate_command); app.command("evaluate")(evaluate_command)  # noqa: E402,E702,E501
+from flows.data import data_app; app.add_typer(data_app, name="data")  # noqa: E402,E702
+app.add_typer(profile_app, name="profile")
 from flows.serve import serve_command; app.command("serve")(serve_command)  # noqa: E402,E702
 from flows.deploy import deploy_command; app.command("deploy")(deploy_command)  # noqa: E402,E702
+app.command("ablation")(ablation_command)
 from flows.infra import infra_app; app.add_typer(infra_app, name="infra")  # noqa: E402,E702
-from flows.ablation import ablation_command; app.command("ablation")(ablation_command)  # noqa: E402,E702
 from flows.dev import dev_app; app.add_typer(dev_app, name="dev")  # noqa: E402,E702
 from flows.versioning import gc_command, rebuild_command; app.command("rebuild")(rebuild_command); app.command("gc")(gc_command)  # noqa: E402,E702,E501
 # --- end module commands ---

@@ -5,6 +5,8 @@ import json
 import time
 from pathlib import Path
 
+from components.layout import (CURATION_REPORT, EVAL_GRIDS_DIR, EVAL_REPORT, METRICS_REPORT, PIPELINE_DIR, RETRAIN_LOCK,
+                               RUN_RECORD, SYNTH_OUT, TRAIN_REPORT, VAE_REPORT)
 from components.params import apply_profile, load_params
 from flows.prefect_api import owned_prefect_api
 
@@ -17,7 +19,7 @@ def run_main_job(root: Path, profile: str | None, stages: list[str] | None, forc
     from components.locks import LockHeld, exclusive_lock
     from components.majortom.summary import format_summary, summarise_world
     from components.processes import Terminated
-    from flows.retrain import RETRAIN_LOCK, StageFailed, retrain
+    from flows.retrain import StageFailed, retrain
 
     started = time.perf_counter()
     try:
@@ -51,7 +53,7 @@ def run_main_job(root: Path, profile: str | None, stages: list[str] | None, forc
         # The validate stage already decoded every cell once: report what it found rather than
         # decode the whole world a second time (`mesa data summary` still does, on request).
         print(format_summary(summarise_world(raw, decode=False)))
-        curation = root / "reports" / "curation.json"
+        curation = root / CURATION_REPORT
         if curation.exists():
             report = json.loads(curation.read_text())
             print(f"  read back and curated: {report['kept_cells']} of {report['input_cells']} cells kept; "
@@ -62,30 +64,14 @@ def run_main_job(root: Path, profile: str | None, stages: list[str] | None, forc
     return outcome
 
 
-def data_version(root: Path) -> str:
-    """The data the run used, as dvc.lock records it: short hashes of the raw data and the samples."""
-    import yaml
-
-    lock = root / "dvc.lock"
-    if not lock.exists():
-        return "no dvc.lock yet"
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
-    parts = []
-    raw_dir = str((load_params(root).get("data") or {}).get("raw_dir", "data/raw"))
-    # The raw data is synth's out or, with data.source ingest, ingest's (both named by raw_dir).
-    for stage, path in (("synth", "data/raw"), ("ingest", raw_dir), ("prepare", "data/samples")):
-        for out in (stages.get(stage) or {}).get("outs") or []:
-            if out.get("path") == path:
-                parts.append(f"{path} {out['md5'][:12]}")
-    return ", ".join(parts) or "not recorded"
-
-
 def print_versions_summary(root: Path, outcome: dict) -> None:
     """Data version, push, model version and the promotion decision of this run."""
+    from components.versioning.stages import data_version
     from flows.promote import decision_summary
 
     pushed = outcome.get("pushed")
-    print(f"  data version (dvc.lock): {data_version(root)}; "
+    raw_dir = str((load_params(root).get("data") or {}).get("raw_dir", SYNTH_OUT.as_posix()))
+    print(f"  data version (dvc.lock): {data_version(root, raw_dir)}; "
           f"{'pushed to the DVC remote' if pushed else 'not pushed (versioning.push is off or a partial run)'}")
     registration = outcome.get("registration")
     if registration:
@@ -94,14 +80,14 @@ def print_versions_summary(root: Path, outcome: dict) -> None:
               f"MLflow run {registration['run_id']}")
         print(f"  promotion: {decision_summary(outcome.get('promotion'))}; serve the champion with "
               f"`mesa serve --model models:/{registration['model']}@champion`")
-    grids = sorted((root / "reports/eval").glob("*.png"))
+    grids = sorted((root / EVAL_GRIDS_DIR).glob("*.png"))
     if grids:
         print(f"  grids: {', '.join(str(g.relative_to(root)) for g in grids)}")
 
 
 def print_model_summary(root: Path) -> None:
     """What the vae and train stages produced, from their reports (nothing is recomputed)."""
-    vae, train, record = (root / "reports/vae.json", root / "reports/train.json", root / "models/train_run.json")
+    vae, train, record = root / VAE_REPORT, root / TRAIN_REPORT, root / RUN_RECORD
     if vae.exists():
         v = json.loads(vae.read_text())
         print(f"  VAE ({v['source']}): held-out RGB PSNR {v['rgb_psnr_db']:.1f} dB (bilinear "
@@ -114,18 +100,18 @@ def print_model_summary(root: Path) -> None:
             print(f"  training: {t['step']} steps; validation loss {first['loss']:.3f} -> {last['loss']:.3f} "
                   f"({1 - last['loss'] / first['loss']:.0%} lower; captions shuffled: "
                   f"{last['loss_shuffled_captions']:.3f})")
-    metrics = root / "reports/metrics.json"
+    metrics = root / METRICS_REPORT
     if metrics.exists():
         m = json.loads(metrics.read_text())
         accuracy = m["metrics"]["landform_balanced_accuracy"]
         print(f"  evaluation: {m['generations']} generations; landform balanced accuracy {accuracy['value']} "
               f"(chance {m['landform_chance']}, captions shuffled {m['landform_balanced_accuracy_shuffled_captions']}, "
-              f"real pairs {accuracy['real_reference']}); report reports/eval.md")
+              f"real pairs {accuracy['real_reference']}); report {EVAL_REPORT}")
         loss = m["metrics"].get("heldout_denoising_loss") or {}
         if loss.get("value") is not None:
             print(f"  held-out denoising loss {loss['value']} (captions shuffled: "
                   f"{m.get('heldout_denoising_loss_shuffled_captions')})")
     if record.exists():
         r = json.loads(record.read_text())
-        print(f"  pipeline: models/pipeline (MLflow run {r['run_id']}, model {r.get('model_uri')}); try "
+        print(f"  pipeline: {PIPELINE_DIR} (MLflow run {r['run_id']}, model {r.get('model_uri')}); try "
               f'`mesa generate "A Sentinel-2 image of hills in France in June" --out generated`')

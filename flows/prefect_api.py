@@ -14,10 +14,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-PARENT_TASK_ENV = "MESA_PARENT_TASK_RUN_ID"
-# A file the stage process creates when it starts: how the retrain task tells a stage that ran
-# from one DVC restored from its run cache.
-STAGE_STARTED_ENV = "MESA_STAGE_STARTED_FILE"
+from components.layout import PARENT_TASK_RUN_ENV, STAGE_STARTED_ENV
 
 
 @contextlib.contextmanager
@@ -37,13 +34,11 @@ def owned_prefect_api() -> Iterator[str]:
             yield str(configured)
             return
         from prefect.server.api.server import SubprocessASGIServer
-        from prefect.settings import PREFECT_API_URL, temporary_settings
 
         server = SubprocessASGIServer()
         try:
             server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
-            with temporary_settings({PREFECT_API_URL: server.api_url}):
-                os.environ["PREFECT_API_URL"] = server.api_url
+            with use_api(server.api_url):
                 try:
                     yield server.api_url
                 except (Terminated, KeyboardInterrupt):
@@ -54,10 +49,36 @@ def owned_prefect_api() -> Iterator[str]:
                     raise
                 else:
                     _drain_to_server()
-                finally:
-                    os.environ.pop("PREFECT_API_URL", None)
         finally:
             server.stop()
+
+
+@contextlib.contextmanager
+def use_api(api_url: str) -> Iterator[str]:
+    """Make `api_url` this process's Prefect API and its children's (stage processes, served flow runs)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            yield api_url
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+
+
+def current_api_url() -> str:
+    """The Prefect API this process reports to (the run's server: ephemeral, team or test harness)."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        raise RuntimeError("no Prefect API URL is set: run retrain through `mesa retrain` (which starts one) "
+                           "or set PREFECT_API_URL")
+    return str(url)
 
 
 def _drain_to_server(timeout_s: float = 10) -> None:
@@ -79,7 +100,7 @@ def stage_process_env(api_url: str, parent_task_run_id: str | None) -> dict[str,
     bin_dir = os.path.dirname(sys.executable)
     env = dict(os.environ, PREFECT_API_URL=api_url, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     if parent_task_run_id:
-        env[PARENT_TASK_ENV] = str(parent_task_run_id)
+        env[PARENT_TASK_RUN_ENV] = str(parent_task_run_id)
     return env
 
 
@@ -88,7 +109,7 @@ def run_as_subflow(flow: Any, **parameters: Any) -> Any:
     started = os.environ.get(STAGE_STARTED_ENV)
     if started:
         Path(started).touch()
-    parent = os.environ.get(PARENT_TASK_ENV)
+    parent = os.environ.get(PARENT_TASK_RUN_ENV)
     if not parent:
         return flow(**parameters)
     from prefect.client.orchestration import get_client

@@ -2,128 +2,39 @@
 
 DVC decides what is stale (a stage whose deps and params did not change is skipped); Prefect
 runs, retries and logs. After the stages: `dvc push`, registration of the trained pipeline as a
-model version (alias challenger) and the promotion gate (flows/promote.py).
+model version (alias challenger) and the promotion gate (flows/promote.py). How a stage is run
+and judged: :mod:`components.versioning.stages`.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
-import tempfile
-import time
-from collections import deque
 from pathlib import Path
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.runtime import task_run
 
-from flows.prefect_api import STAGE_STARTED_ENV, stage_process_env
-
-RETRAIN_LOCK = ".mesa-retrain.lock"  # one retrain per workspace: stages share data/, models/, dvc.lock
-
-
-class StageFailed(RuntimeError):
-    """A DVC stage exited non-zero; the message names the stage and ends with its last output lines."""
-
-
-def dvc_stages(project_dir: str | Path) -> list[str]:
-    """Stage names in dvc.yaml order (dvc.yaml lists them in the order they run)."""
-    spec = yaml.safe_load((Path(project_dir) / "dvc.yaml").read_text()) or {}
-    return list((spec.get("stages") or {}).keys())
-
-
-def stage_changes(project_dir: str | Path, stage: str) -> list:
-    """What DVC finds changed for `stage` (its `dvc status --json` entry; [] when up to date)."""
-    from dvc.repo import Repo
-
-    root = Path(project_dir).resolve()
-    # An absolute target: DVC resolves targets against the working directory, not the repo.
-    with Repo(str(root)) as repo:
-        found = repo.status(targets=[f"{root / 'dvc.yaml'}:{stage}"])
-    return [change for changes in found.values() for change in changes]
-
-
-def stage_outcome(changed_before: list, stage_process_started: bool, changed_after: list) -> str:
-    """How `dvc repro` treated a stage, from DVC's status before and after and whether its command ran.
-
-    ``ran`` (the stage's command ran), ``skipped`` (up to date: nothing to do) or ``restored``
-    (DVC's run cache had outputs for exactly these deps and params: checked out, nothing run).
-    """
-    if stage_process_started:
-        return "ran"
-    if changed_after:
-        raise RuntimeError(f"dvc repro neither ran the stage nor made it up to date: {changed_after}")
-    return "restored" if changed_before else "skipped"
-
-
-def _signal_name(returncode: int) -> str:
-    import signal
-
-    if returncode < 0:
-        return f"killed by {signal.Signals(-returncode).name}"
-    return f"exit {returncode}"
+from components.layout import RETRAIN_LOCK, STAGE_STARTED_ENV
+from components.versioning.stages import StageFailed  # noqa: F401 (what callers of retrain catch)
+from flows.prefect_api import current_api_url, stage_process_env
 
 
 @task(retries=1, retry_delay_seconds=5, task_run_name="stage {stage}")
 def run_dvc_stage(stage: str, project_dir: str, force: bool = False) -> dict:
-    """`dvc repro --single-item STAGE` in `project_dir`, streaming its output to the Prefect log.
-
-    The command runs in its own process group: stopping the run (SIGTERM, Ctrl-C) stops the stage
-    and everything it started, and a kill drill can kill exactly the stage.
-    """
-    from components.processes import run_streaming
+    """`dvc repro --single-item STAGE` in `project_dir` (its own process group), streaming to the Prefect log."""
+    from components.versioning.stages import repro_stage
 
     logger = get_run_logger()
     api_url = current_api_url()
-    command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
-    started = time.perf_counter()
-    before = stage_changes(project_dir, stage)
-    tail: deque[str] = deque(maxlen=30)
-
-    def show(line: str) -> None:
-        tail.append(line)
-        logger.info("[%s] %s", stage, line)
-
-    with tempfile.TemporaryDirectory(prefix=f"mesa-stage-{stage}-") as scratch:
-        # The stage process touches this file when it starts: DVC's run cache restores outputs
-        # without running it, and only this tells the two apart without parsing DVC's text.
-        marker = Path(scratch) / "started"
-        env = {**stage_process_env(api_url, task_run.id), STAGE_STARTED_ENV: str(marker)}
-        returncode = run_streaming(command, cwd=project_dir, env=env, on_line=show)
-        process_started = marker.exists()
-    if returncode != 0:
-        raise StageFailed(f"stage {stage!r} failed (dvc repro {_signal_name(returncode)}). Last output:\n"
-                          + "\n".join(tail))
-    outcome = stage_outcome(before, process_started, stage_changes(project_dir, stage))
-    if outcome != "skipped":
-        # repro copies new outputs into the cache; relinking makes the workspace share them
-        # (cache.type reflink/hardlink), so the data is on disk once.
-        subprocess.run([sys.executable, "-m", "dvc", "checkout", "--relink", "--quiet", stage],
-                       cwd=project_dir, check=True, env=stage_process_env(api_url, None))
-    return {"stage": stage, "ran": outcome == "ran", "outcome": outcome,
-            "changed": before, "seconds": round(time.perf_counter() - started, 1)}
-
-
-def current_api_url() -> str:
-    """The Prefect API this process reports to (the run's server: ephemeral, team or test harness)."""
-    from prefect.settings import get_current_settings
-
-    url = get_current_settings().api.url
-    if not url:
-        raise RuntimeError("no Prefect API URL is set: run retrain through `mesa retrain` (which starts one) "
-                           "or set PREFECT_API_URL")
-    return str(url)
+    return repro_stage(project_dir, stage, force=force, env=stage_process_env(api_url, task_run.id),
+                       started_env=STAGE_STARTED_ENV, checkout_env=stage_process_env(api_url, None),
+                       on_line=lambda line: logger.info("[%s] %s", stage, line))
 
 
 @task(retries=2, retry_delay_seconds=10, task_run_name="dvc push")
 def push_data_versions(project_dir: str, remote: str | None = None) -> dict:
     """`dvc push`: every output of this run to the DVC remote (the default one, or `remote`)."""
-    command = [sys.executable, "-m", "dvc", "push", "--quiet"] + (["--remote", remote] if remote else [])
-    done = subprocess.run(command, cwd=project_dir, capture_output=True, text=True,
-                          env=stage_process_env(current_api_url(), None))
-    if done.returncode != 0:
-        raise RuntimeError(f"dvc push{' --remote ' + remote if remote else ''} failed (exit {done.returncode}); "
-                           f"the run's data stays in the local cache. Output:\n{done.stdout}{done.stderr}")
+    from components.versioning.stages import push_data
+
+    push_data(project_dir, remote, env=stage_process_env(current_api_url(), None))
     print(f"[versioning] pushed the run's data and models to DVC remote {remote or '(default)'}")
     return {"pushed": True, "remote": remote}
 
@@ -160,6 +71,7 @@ def retrain(project_dir: str, stages: list[str] | None = None, force: bool = Fal
 
 def _retrain_locked(project_dir: str, stages: list[str] | None, force: bool, stage_retries: int) -> dict:
     from components.params import load_params
+    from components.versioning.stages import dvc_stages
     from flows.promote import promote_challenger, register_trained_model, registry_settings
 
     names = stages or dvc_stages(project_dir)

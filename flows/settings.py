@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from components.layout import DVC_FILE, PARAMS_FILE, PREFECT_HOME_DIR, RECORD_IMPORTS_ENV
+
 # Offline always: nothing may download weights or data at run time, and no telemetry leaves.
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -22,7 +24,7 @@ def project_root(start: str | Path | None = None) -> Path:
     """The folder holding params.yaml, searched upwards from `start` (default: the working directory)."""
     here = Path(start or os.getcwd()).resolve()
     for folder in (here, *here.parents):
-        if (folder / "params.yaml").exists() and (folder / "dvc.yaml").exists():
+        if (folder / PARAMS_FILE).exists() and (folder / DVC_FILE).exists():
             return folder
     return here
 
@@ -33,11 +35,8 @@ def configure_environment(root: str | Path | None = None) -> Path:
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     # Prefect's database and settings live in the project, not in the user's home.
-    os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    os.environ.setdefault("PREFECT_HOME", str(root / PREFECT_HOME_DIR))
     return root
-
-
-RECORD_IMPORTS_ENV = "MESA_RECORD_IMPORTS"
 
 
 def record_imported_files(label: str) -> Path | None:

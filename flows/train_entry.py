@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     from accelerate import PartialState
 
     from components.atomic import write_json_atomic
+    from components.layout import TRAIN_CURVE, TRAIN_REPORT
     from components.params import load_params
     from components.training.loop import train
 
@@ -26,9 +27,9 @@ def main(argv: list[str] | None = None) -> None:
         # Versioned metrics: what the run learned, not how long it took; the validation curve is
         # a DVC plot of its own (dvc plots show reports/train_curve.json).
         curve = result.pop("validation_history", [])
-        write_json_atomic(project / "reports" / "train.json",
+        write_json_atomic(project / TRAIN_REPORT,
                           {k: v for k, v in result.items() if k not in ("run_id", "model_uri")})
-        write_json_atomic(project / "reports" / "train_curve.json", curve)
+        write_json_atomic(project / TRAIN_CURVE, curve)
     # MESA_RECORD_IMPORTS: what each training process imported, held against dvc.yaml's code deps.
     record_imported_files("train")
 

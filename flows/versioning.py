@@ -17,11 +17,10 @@ def _root() -> Path:
 def _client(root: Path):
     import os
 
-    from components.tracking.runs import _client_for
+    from components.tracking.store import mlflow_client
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per lineage file is noise
-
-    return _client_for(root, None)[1]
+    return mlflow_client(root)
 
 
 def rebuild_command(

@@ -75,9 +75,17 @@ def micro_synth_params(**overrides):
     return SynthParams(**synth)
 
 
-def pytest_collection_modifyitems(items):
+def pytest_addoption(parser):
+    parser.addoption("--reverse", action="store_true",
+                     help="Run the tests in reverse order (runs_last tests still last): a test that only passes "
+                          "after another one builds no state of its own.")
+
+
+def pytest_collection_modifyitems(config, items):
     """Tests marked runs_last go last (a stable sort keeps every other order as collected): the
     demo-world DAG leaves the session's Prefect server busy with its events for a while."""
+    if config.getoption("--reverse"):
+        items.reverse()
     items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
 
 

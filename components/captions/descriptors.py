@@ -56,14 +56,10 @@ import numpy as np
 import pandas as pd
 
 from components.captions.landform import DEFAULT_LANDFORM_THRESHOLDS, LANDFORM_CLASSES, classify_landform
-from components.captions.layers import (
-    RESOLVE_BIOMES,
-    ROCK_AND_ICE,
-    BiomeProxyLayer,
-    CountryLayer,
-    RegionLayer,
-    open_layer,
-)
+from components.captions.layers.base import RegionLayer
+from components.captions.layers.biomes import RESOLVE_BIOMES, ROCK_AND_ICE, BiomeProxyLayer
+from components.captions.layers.countries import CountryLayer
+from components.captions.layers.factory import open_layer
 
 __all__ = [
     "DESCRIPTORS",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from components.atomic import atomic_write, write_json_atomic
+from components.layout import CURATED_INDEX, CURATED_REJECTED
 from components.majortom.errors import RejectedRow
 from components.majortom.schema import SOURCES
 from components.majortom.shards import METADATA_FILE, Pairing, pair_sources, read_metadata
@@ -108,8 +109,8 @@ def write_outputs(curated_dir: str | Path, index: pd.DataFrame, rejected: pd.Dat
                   report: dict, report_path: str | Path) -> None:
     """index.parquet, rejected.parquet and the metrics file, each written atomically."""
     curated_dir = Path(curated_dir)
-    atomic_write(curated_dir / "index.parquet", lambda tmp: index.to_parquet(tmp, index=False))
-    atomic_write(curated_dir / "rejected.parquet", lambda tmp: rejected.to_parquet(tmp, index=False))
+    atomic_write(curated_dir / CURATED_INDEX.name, lambda tmp: index.to_parquet(tmp, index=False))
+    atomic_write(curated_dir / CURATED_REJECTED.name, lambda tmp: rejected.to_parquet(tmp, index=False))
     write_json_atomic(report_path, report)
 
 

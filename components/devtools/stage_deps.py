@@ -41,8 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.layout import DVC_FILE
+
 PROJECT_PACKAGES = ("components", "flows")
-DVC_FILE = "dvc.yaml"
 STAGE_CMD = ("mesa", "stage")
 # What `mesa stage NAME` runs around the stage's own module (see flows/cli.py in the docstring).
 STAGE_RUNNER_MODULES = ("flows.settings", "flows.stages")

@@ -4,8 +4,9 @@ The matrix is params.yaml ``ablation`` (shadow.enabled x captions.augmentation.c
 each :class:`Variant` says which params it sets, how DVC receives them (``dvc exp run -S``) and
 how its MLflow run is tagged. :func:`comparison_rows` and :func:`markdown_table` turn the variants'
 evaluations into reports/ablation.md; :func:`experiments_of` and :func:`rerun_reason` read what
-DVC and MLflow already hold so that a rerun skips finished variants. ``flows/ablation.py`` wires
-these to DVC, MLflow and Prefect.
+DVC and MLflow already hold so that a rerun skips finished variants.
+:mod:`components.evaluation.ablation_run` does the DVC and MLflow calls around them;
+``flows/ablation.py`` wires that into Prefect.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from components.layout import PARAMS_FILE
 
 SHADOW_KEY = "shadow.enabled"
 DROPOUT_KEY = "captions.augmentation.caption_dropout"
@@ -161,7 +164,7 @@ def experiments_of(shown: list[dict[str, Any]], baseline: str) -> dict[str, dict
             if not revs or experiment.get("executor") or revs[0].get("error"):
                 continue
             data = revs[0].get("data") or {}
-            params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
+            params = ((data.get("params") or {}).get(PARAMS_FILE) or {}).get("data")
             found[experiment.get("name") or revs[0].get("name")] = {"rev": revs[0]["rev"], "params": as_json(params)}
     return found
 

@@ -22,7 +22,7 @@ What each metric says, and which way is better (:func:`metric_directions` lists 
 
 Reused, not re-implemented: the landform measurement and rules
 (:func:`components.captions.landform.landform_inputs`, :func:`~components.captions.landform.classify_landform`)
-and the project's hillshade (:func:`components.export.terrain.hillshade`).
+and the project's hillshade (:func:`components.radiometry.hillshade.hillshade`).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import wasserstein_distance
 
 from components.captions.landform import check_landform_thresholds, classify_landform, landform_inputs
-from components.export.terrain import hillshade
+from components.radiometry.hillshade import Sun, hillshade
 
 __all__ = [
     "BalancedAccuracy",
@@ -470,7 +470,7 @@ def rgb_dem_correlations(
     """Per image: the largest Pearson r between its luminance and its DEM's hillshade over sun azimuths.
 
     Why a maximum over azimuths: the sun in a Sentinel-2 scene (south-east, ~150 deg, in the
-    northern mid-latitudes; other directions elsewhere) is not the hillshade's default 315 deg, and with the
+    northern mid-latitudes; other directions elsewhere) is not the previews' 315 deg, and with the
     wrong azimuth a perfectly coherent pair can correlate negatively. Taking the best of
     azimuths 45 deg apart finds the scene's own lighting. It is signed (not ``|r|``): shading
     must get brighter toward *some* sun; since opposite azimuths shade nearly inversely, the
@@ -498,8 +498,9 @@ def rgb_dem_correlations(
     azimuths = [float(a) for a in azimuths_deg]
     if not azimuths:
         raise ValueError("azimuths_deg is empty: give at least one sun azimuth")
+    # The shading in float64: the correlation sums over every pixel.
     return np.array([
-        max(_pearson(hillshade(dem, pixel, az, altitude_deg), img) for az in azimuths)
+        max(_pearson(hillshade(dem, pixel, Sun(az, altitude_deg)).astype(np.float64), img) for az in azimuths)
         for img, dem in zip(lum, stack)
     ])
 

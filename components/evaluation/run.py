@@ -6,18 +6,23 @@ held-out cells' own captions, so two models evaluated on the same samples are co
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from components.atomic import atomic_write, write_json_atomic
 from components.evaluation import denoising, evaluate, grids
-from components.params import reject_unknown_keys
+from components.config import EvaluateConfig
+from components.layout import EVAL_GRIDS, EVAL_GRIDS_SUBDIR, EVAL_MD, METRICS_FILE
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    """params.yaml ``evaluate``: seeds, how many generations, sampling, which grids."""
+    """params.yaml ``evaluate`` as the evaluation uses it: an empty ``grid_captions`` is the paper's Table 2.
+
+    Built from ``EvaluateConfig`` (which checks the group); a dataclass because its repr is part of
+    ``evaluation_fingerprint``, which registered versions carry as a tag.
+    """
 
     seeds: tuple[int, ...] = (42, 50, 666)
     min_generations: int = 60
@@ -30,12 +35,14 @@ class EvaluateParams:
     denoising_samples: int = 32
 
     @classmethod
-    def from_params(cls, values: Mapping[str, Any]) -> EvaluateParams:
-        reject_unknown_keys("evaluate", dict(values), {f.name for f in fields(cls)})
-        cleaned = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        if "grid_captions" in cleaned and not cleaned["grid_captions"]:
-            cleaned["grid_captions"] = grids.TABLE2_CAPTIONS
-        return cls(**cleaned)
+    def from_config(cls, config: EvaluateConfig) -> EvaluateParams:
+        values = config.model_dump()
+        return cls(**{**values, "grid_captions": values["grid_captions"] or grids.TABLE2_CAPTIONS})
+
+    @classmethod
+    def from_params(cls, values: Mapping[str, Any] | None) -> EvaluateParams:
+        """From the plain ``evaluate`` mapping (checked by ``EvaluateConfig``; ParamsError when invalid)."""
+        return cls.from_config(EvaluateConfig.from_params(values))
 
 
 def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping[str, Any], settings: EvaluateParams,
@@ -91,15 +98,14 @@ def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping
 
     # 2. Grids, each a PNG and its layout manifest.
     cells = held_out.descriptors[: settings.grid_cells]
-    drawn = {
-        "seed_variability": grids.seed_variability_grid(generate, settings.grid_captions, settings.seeds,
-                                                        pixel_size_m=pixel),
-        "caption_influence": grids.caption_influence_grid(generate, cells, settings.seeds[0], pixel_size_m=pixel,
-                                                          named_area_prompts=settings.named_area_prompts),
-        "real_vs_generated": grids.real_vs_generated_grid(
+    drawn = dict(zip(EVAL_GRIDS, (  # the files dvc.yaml plots, in EVAL_GRIDS' order
+        grids.seed_variability_grid(generate, settings.grid_captions, settings.seeds, pixel_size_m=pixel),
+        grids.caption_influence_grid(generate, cells, settings.seeds[0], pixel_size_m=pixel,
+                                     named_area_prompts=settings.named_area_prompts),
+        grids.real_vs_generated_grid(
             generate, [(held_out.captions[i], held_out.rgb[i], held_out.dem_m[i]) for i in range(len(cells))],
             settings.seeds[0], pixel_size_m=pixel),
-    }
+    ), strict=True))
     if compare_with:
         generators = {model_label: generate, **{label: grids.pipeline_generate(other, settings.steps,
                                                                                settings.guidance)
@@ -108,15 +114,15 @@ def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping
                                                                 settings.seeds[0], pixel_size_m=pixel)
     paths = {}
     for name, (image, layout) in drawn.items():
-        png = reports / "eval" / f"{name}.png"
+        png = reports / EVAL_GRIDS_SUBDIR / f"{name}.png"
         atomic_write(png, lambda tmp, image=image: image.save(tmp, format="PNG"))
-        write_json_atomic(reports / "eval" / f"{name}.json", layout.to_dict())
+        write_json_atomic(reports / EVAL_GRIDS_SUBDIR / f"{name}.json", layout.to_dict())
         paths[name] = png
-    write_json_atomic(reports / "metrics.json", report)
-    atomic_write(reports / "eval.md", lambda tmp: Path(tmp).write_text(markdown_report(report, paths, reports)))
+    write_json_atomic(reports / METRICS_FILE, report)
+    atomic_write(reports / EVAL_MD, lambda tmp: Path(tmp).write_text(markdown_report(report, paths, reports)))
     progress(f"[evaluate] landform balanced accuracy {model['landform_balanced_accuracy']:.3f} (chance "
              f"{model['landform_chance']:.3f}, captions shuffled {shuffled['landform_balanced_accuracy']:.3f}) -> "
-             f"{reports / 'metrics.json'}, {reports / 'eval.md'}")
+             f"{reports / METRICS_FILE}, {reports / EVAL_MD}")
     return {**report, "grids": {k: str(v) for k, v in paths.items()}}
 
 

@@ -69,7 +69,7 @@ from PIL import Image
 
 from components.atomic import atomic_write, write_json_atomic
 from components.majortom.grid import TILE_SIZE_M, cell_footprint
-from components.majortom.synthetic.terrain import hillshade as lambert_hillshade
+from components.radiometry.hillshade import Sun, hillshade
 
 __all__ = [
     "ExportError",
@@ -81,7 +81,7 @@ __all__ = [
     "export_previews",
     "export_all",
     "load_heightmap",
-    "hillshade",
+    "PREVIEW_SUN",
     "colour_relief",
 ]
 
@@ -89,6 +89,9 @@ PAPER_EXTENT_M = 7680.0  # 768 px at 10 m, the training crop
 NOMINAL_EPSG = 32631
 NOMINAL_ORIGIN = (500_000.0, 5_000_000.0)  # top-left (x, y) in EPSG:32631 when no cell is given
 HEIGHTMAP_MAX = 65535
+# The previews' light: the cartographic convention, from the north-west (a sun from the south
+# makes valleys read as ridges to most eyes).
+PREVIEW_SUN = Sun(azimuth_deg=315.0, altitude_deg=45.0)
 
 _GDAL_ENV = {"CPL_LOG": "/dev/null", "GDAL_PAM_ENABLED": "NO"}  # no .aux.xml next to the files
 _RESERVED_TAGS = {"placement", "placement_note", "grid_cell", "pixel_size_m", "extent_m",
@@ -412,20 +415,9 @@ def load_heightmap(sidecar_path: str | Path, which: str = "png") -> np.ndarray:
 # ----------------------------------------------------------------------------- previews
 
 
-def hillshade(dem_m: np.ndarray, pixel_size_m: float, azimuth_deg: float = 315.0,
-              altitude_deg: float = 45.0) -> np.ndarray:
-    """Lambertian hillshade in [0, 1] (float64, (H, W)); NaN where the DEM is NaN.
-
-    Gradients by central differences (one-sided at the edges); rows run north to south.
-    """
-    dem = np.asarray(dem_m, dtype=np.float64)
-    valid = np.isfinite(dem)
-    filled = np.where(valid, dem, dem[valid].mean() if valid.any() else 0.0)
-    if min(filled.shape) < 2:  # no gradient on a single row or column: lit as flat ground
-        shade = np.full(filled.shape, math.sin(math.radians(altitude_deg)))
-    else:  # the project's one Lambertian shading (the synthetic world renders with it too)
-        shade = lambert_hillshade(filled, pixel_size_m, azimuth_deg, altitude_deg).astype(np.float64)
-    return np.where(valid, np.clip(shade, 0.0, 1.0), np.nan)
+def _preview_shade(dem: np.ndarray, pixel_size_m: float) -> np.ndarray:
+    """The hillshade under ``PREVIEW_SUN`` as float64 in [0, 1] (the tint is mixed in float64); 0 where NaN."""
+    return np.nan_to_num(hillshade(dem, pixel_size_m, PREVIEW_SUN).astype(np.float64), nan=0.0)
 
 
 def colour_relief(dem_m: np.ndarray, pixel_size_m: float) -> np.ndarray:
@@ -438,7 +430,7 @@ def colour_relief(dem_m: np.ndarray, pixel_size_m: float) -> np.ndarray:
     rel = np.clip((dem - lo) / (hi - lo), 0, 1) if hi > lo else np.full(dem.shape, 0.5)
     rel = np.where(valid, rel, 0.0)
     tint = np.stack([np.interp(rel, _TINT_STOPS, _TINT_RGB[:, c]) for c in range(3)], axis=-1)
-    shade = np.nan_to_num(hillshade(dem, pixel_size_m), nan=0.0)
+    shade = _preview_shade(dem, pixel_size_m)
     out = tint * (0.35 + 0.65 * shade)[..., None]
     out[~valid] = 0
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
@@ -473,7 +465,7 @@ def export_previews(
     _check_same_size(rgb, dem, shade_path)
     pixel_size_m = _check_positive(pixel_size_m, "pixel_size_m", shade_path)
 
-    shade = np.nan_to_num(hillshade(dem, pixel_size_m), nan=0.0)
+    shade = _preview_shade(dem, pixel_size_m)
     grey = np.clip(np.rint(shade * 255), 0, 255).astype(np.uint8)
     _save_png(rgb_path, Image.fromarray(np.ascontiguousarray(rgb)))
     _save_png(shade_path, Image.fromarray(np.repeat(grey[..., None], 3, axis=2)))

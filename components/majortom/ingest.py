@@ -1,6 +1,6 @@
 """Ingest a subset of real Major TOM (Core-S2L2A / S2L1C / DEM): filtered, resumable, reproducible.
 
-    report = run_ingest(IngestConfig(**params["data"]["ingest"]), out_dir="data/majortom")
+    report = run_ingest(load_config(project).data.ingest, out_dir="data/majortom")  # an IngestConfig
 
 1. Select: read each source's metadata.parquet (path or URL), filter, intersect on grid_cell,
    sample, cap (ingest_filters). The same metadata and params give the same cells anywhere.
@@ -34,11 +34,10 @@ from urllib.parse import urljoin
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import ConfigDict, Field
 
+from components.config import IngestConfig  # params data.ingest, typed
 from components.majortom.ingest_fetch import CellFetcher, FetchError, fetch_columns
-from components.majortom.ingest_filters import (Selection, metadata_frame, required_sources, select_cells,
-                                                shard_layout)
+from components.majortom.ingest_filters import metadata_frame, required_sources, select_cells, shard_layout
 from components.majortom.ingest_manifest import (JOURNAL_FILE, MANIFEST_FILE, Journal, content_sha256,
                                                  file_sha256, read_manifest, write_manifest)
 from components.majortom.schema import SHARD_SCHEMAS
@@ -46,41 +45,6 @@ from components.majortom.shards import METADATA_FILE, SHARD_DIR, write_metadata,
 
 STAGING_DIR = ".ingest"  # pieces + journal of a run in progress; removed when a run completes
 PIECES_DIR = "pieces"
-
-
-class IngestConfig(Selection):
-    """params.yaml `data.ingest` (the filters and sampling fields come from Selection).
-
-    Attributes:
-        metadata: per source, its metadata.parquet as a local path (relative to the project) or URL.
-        base_url: when set, relative `metadata` entries are URLs under it (keeps params lines short).
-        out_dir: where the local shards, metadata and manifest go (a DVC out; not data/raw).
-        cells_per_shard: cells per local shard (few large files: DVC is slow with many small ones).
-        concurrency: cells fetched at the same time (threads).
-        retries, backoff_s: extra attempts for curable failures, first wait (doubles each time).
-        timeout_s: limit per HTTP request.
-        max_failed_share: share of selected cells allowed to fail before the stage exits non-zero
-            (after writing everything that did arrive, so a rerun fetches only the rest).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    metadata: dict[str, str] = Field(default_factory=dict)
-    base_url: Optional[str] = None
-    out_dir: str = "data/majortom"
-    cells_per_shard: int = Field(64, ge=1)
-    concurrency: int = Field(8, ge=1)
-    retries: int = Field(3, ge=0)
-    backoff_s: float = Field(1.0, ge=0)
-    timeout_s: float = Field(120.0, gt=0)
-    max_failed_share: float = Field(0.0, ge=0, le=1)
-
-    def location(self, source: str) -> str:
-        """Where `source`'s metadata.parquet is: a URL, or a path relative to the project."""
-        entry = self.metadata[source]
-        if self.base_url and "://" not in entry and not entry.startswith("/"):
-            return urljoin(self.base_url.rstrip("/") + "/", entry)
-        return entry
 
 
 @dataclass

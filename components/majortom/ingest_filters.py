@@ -15,59 +15,15 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from datetime import date
-from typing import Optional, Union
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from components.config import IngestFilters, Selection  # params data.ingest(.filters), typed
 from components.majortom.errors import ShardError
 from components.majortom.schema import METADATA_SCHEMA
 
 S2_SOURCES = ("s2l2a", "s2l1c")
-
-
-class IngestFilters(BaseModel):
-    """Filters as upstream Major TOM offers them (params.yaml `data.ingest.filters`).
-
-    Attributes:
-        bbox: [min_lon, min_lat, max_lon, max_lat] in degrees (WGS84), or None for the globe.
-        region_file: any OGR-readable polygon file (GeoPackage, Shapefile, GeoJSON); a cell is
-            kept when its centre lies in the union of the polygons. Combined with bbox by AND.
-        date_range: [first, last] acquisition dates (inclusive, ISO strings; None = open end).
-            Sentinel-2 sources only: Core-DEM has one fixed timestamp.
-        cloud_cover: [min, max] percent, inclusive. Sentinel-2 sources only.
-        nodata: [min, max] fraction, inclusive. Every source.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    bbox: Optional[tuple[float, float, float, float]] = None
-    region_file: Optional[str] = None
-    # YAML reads an unquoted 2020-01-01 as a date: both spellings are accepted.
-    date_range: tuple[Optional[Union[date, str]], Optional[Union[date, str]]] = (None, None)
-    cloud_cover: tuple[float, float] = (0.0, 100.0)
-    nodata: tuple[float, float] = (0.0, 1.0)
-
-    @field_validator("bbox")
-    @classmethod
-    def _bbox_ordered(cls, value):
-        if value is not None and (value[0] > value[2] or value[1] > value[3]):
-            raise ValueError(f"bbox {list(value)} must be [min_lon, min_lat, max_lon, max_lat]")
-        return value
-
-
-class Selection(BaseModel):
-    """How many cells an ingest wants and how to draw them (params `data.ingest`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    filters: IngestFilters = Field(default_factory=IngestFilters)
-    need_l1c: bool = True
-    sample: Optional[int] = Field(None, ge=1, description="cells drawn at random after filtering")
-    seed: int = 0
-    max_cells: Optional[int] = Field(None, ge=1)
 
 
 @dataclass

@@ -10,7 +10,6 @@ Public API:
 - :class:`TerrainPipeline` (``__call__``, ``save_pretrained``, ``from_pretrained``)
 - :class:`TerrainPipelineOutput`
 - :func:`build_pipeline` (trained parts + ``stats.json`` -> pipeline)
-- :func:`tiny_random_pipeline` (seeded random tiny parts, for tests and examples)
 
 Saved layout (``save_pretrained``): ``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
 ``tokenizer/``, ``scheduler/`` (the diffusers layout) plus ``dem_rule.json``.
@@ -33,29 +32,14 @@ from diffusers.utils import BaseOutput
 
 from components.atomic import recover_folder
 from components.model.dem_rule import DEM_RULE_FILE, DemRule
-from components.model.factories import (
-    SD21_SCHEDULER,
-    build_unet,
-    build_vae,
-    sampling_scheduler,
-    tiny_unet_config,
-    tiny_vae_config,
-    training_scheduler,
-)
-from components.model.text import tiny_text_encoder, tokenize_prompts, train_caption_tokenizer
+from components.model.factories import SD21_SCHEDULER, sampling_scheduler, training_scheduler
+from components.model.text import tokenize_prompts
 from components.model.unet import TwoHeadUNet
 
 # The parts of a saved pipeline: subfolders first, then single files.
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 CFG_MODES = ("batched", "two_pass")
 OUTPUT_TYPES = ("np", "pt")
-
-# A stand-in stats.json for random pipelines (no prepare stage behind them).
-TINY_STATS: dict[str, Any] = {
-    "dem_scale_m": 500.0,
-    "rgb_rule": {"gain": 2.5, "gamma": 2.2},
-    "base_elevation_m": {"": 300.0},
-}
 
 
 @dataclass
@@ -326,7 +310,7 @@ class TerrainPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device | None = None,
-                        torch_dtype: torch.dtype | None = None, **_ignored) -> "TerrainPipeline":
+                        torch_dtype: torch.dtype | None = None, **unknown: Any) -> "TerrainPipeline":
         """Load a folder written by :meth:`save_pretrained`, offline (never downloads).
 
         Every part is loaded explicitly with its own class (the UNet is this project's
@@ -337,7 +321,17 @@ class TerrainPipeline(DiffusionPipeline):
             device (str | torch.device | None): where to put the modules. Default None (CPU).
             torch_dtype (torch.dtype | None): dtype of the UNet, VAE and text encoder. Default
                 None (as saved).
+            **unknown: refused. ``DiffusionPipeline.from_pretrained`` takes hub and loading options
+                (``revision``, ``variant``, ``device_map`` ...) that this loader would not honour;
+                diffusers itself passes none when it loads a pipeline as a part of another.
+
+        Raises:
+            TypeError: an argument other than the ones above, naming it and what is accepted.
         """
+        if unknown:
+            raise TypeError(f"TerrainPipeline.from_pretrained got unexpected argument(s) {sorted(unknown)}; it takes "
+                            "folder, device and torch_dtype (a local folder, always offline): pass the pipeline "
+                            "folder and, if needed, move or cast the pipeline after loading")
         import diffusers
         import transformers
         from transformers import AutoTokenizer
@@ -395,30 +389,3 @@ def build_pipeline(unet: TwoHeadUNet, vae: AutoencoderKL, text_encoder, tokenize
     scheduler = sampling_scheduler(sampler, _sampling_config())
     return TerrainPipeline(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(),
                            tokenizer=tokenizer, scheduler=scheduler, dem_rule=DemRule.from_stats(stats))
-
-
-def tiny_random_pipeline(captions: list[str], image_px: int = 32, seed: int = 0,
-                         stats: Mapping | None = None) -> TerrainPipeline:
-    """A tiny pipeline with seeded random weights (same arguments -> same weights), for tests.
-
-    Args:
-        captions (list[str]): the corpus the byte-level tokenizer is trained on (any prompt
-            still tokenises).
-        image_px (int): default output size (a multiple of 16: VAE factor 8, one UNet
-            down-sampling). Default 32.
-        seed (int): seeds the text encoder, the UNet and the VAE. Default 0.
-        stats (Mapping | None): stats.json-like content; default ``TINY_STATS`` (S = 500 m,
-            base 300 m).
-    """
-    if image_px % 16:
-        raise ValueError(f"image_px must be a multiple of 16 (VAE factor 8 x one UNet down-sampling), got {image_px}")
-    tokenizer = train_caption_tokenizer(captions, vocab_size=512)
-    hidden = 32
-    text_encoder = tiny_text_encoder(len(tokenizer), hidden_size=hidden, seed=seed)
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):  # leave the caller's global RNG untouched
-        torch.manual_seed(seed + 1)
-        unet = build_unet(tiny_unet_config(sample_size=image_px // 8, cross_attention_dim=hidden))
-        torch.manual_seed(seed + 2)
-        vae = build_vae(tiny_vae_config(latent_factor=8, sample_size=image_px))
-    return build_pipeline(unet, vae, text_encoder, tokenizer, stats if stats is not None else TINY_STATS)

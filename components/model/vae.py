@@ -1,28 +1,21 @@
-"""The VAE of the terrain pipeline: train (or take) an ``AutoencoderKL`` and check what it loses.
+"""The VAE of the terrain pipeline: train an ``AutoencoderKL`` on both modalities and measure what it loses.
 
 One VAE encodes both modalities, as in MESA: the RGB image (3 channels) and the DEM (one channel
 repeated 3 times), both in [-1, 1] by the samples' rules (``rgb_to_model``, ``dem_to_model``).
 It is trained on the plain L2A image (column ``rgb``, never ``rgb_shadow``) so that both arms of
 the shadow-correction ablation share one VAE.
 
-What the ``vae`` stage does (``run_vae_stage``):
+- data: :func:`load_vae_arrays` (the samples of one split, in model units, with their masks);
+- training: :func:`train_vae` (masked L1 or MSE reconstruction + a small KL term, augmented);
+- measuring: :func:`measure_scaling_factor` (1 / std of posterior samples over both modalities)
+  and :func:`evaluate_reconstruction` (against bilinear down- and up-sampling by the latent factor).
 
-1. Read the samples: train split to train on, test split to evaluate on (train when test is empty).
-2. Build the tiny VAE from ``tiny_vae_config`` (or load a pretrained local diffusers folder).
-3. Train it (or fine-tune the pretrained one): masked L1 or MSE reconstruction + a small KL term.
-4. Measure the latent scaling factor (1 / std of posterior samples over both modalities) and store
-   it in the model's config, so ``save_pretrained`` keeps it for the UNet stages.
-5. Evaluate on held-out samples against bilinear down- and up-sampling by the latent factor, and
-   check the DEM error in metres against ``max_dem_error_m``.
-6. Save the folder atomically and return the report (no run times: reports are versioned).
+The ``vae`` stage that runs them in order and saves the model: :mod:`components.model.vae_stage`.
 """
 from __future__ import annotations
 
-import json
 import math
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from components.atomic import atomic_folder
-from components.model.factories import build_vae, tiny_vae_config
-from components.params import reject_unknown_keys
+from components.config import VaeConfig
 from components.samples.dataset import dem_to_model, rgb_to_model
 from components.samples.shards import read_sample_shard, shard_info
 
 __all__ = [
-    "VaeTrainParams",
     "load_vae_arrays",
     "masked_reconstruction_loss",
     "lr_factor",
@@ -45,113 +35,12 @@ __all__ = [
     "train_vae",
     "measure_scaling_factor",
     "evaluate_reconstruction",
-    "resolve_pretrained",
-    "save_vae_atomic",
-    "run_vae_stage",
 ]
 
 ProgressFn = Callable[[int, int, float], None]
 
 # PSNR is taken on model units in [-1, 1], so the data range is 2 and the peak power 2 ** 2.
 _PEAK_POWER = 4.0
-
-
-@dataclass
-class VaeTrainParams:
-    """The ``vae:`` group of params.yaml.
-
-    The defaults are the CPU recipe measured on the demo world (64 px, factor 8, one core):
-    MSE (PSNR is MSE-based), batches of 8, a peak learning rate of 2e-3 reached by a linear
-    warm-up and decayed by a cosine to 2 % of it at the last step, AdamW betas (0.9, 0.99), random
-    flips / quarter turns of every batch, on ``tiny_vae_config``'s narrow [16, 16, 32, 32] VAE.
-
-    Attributes:
-        steps: optimiser steps (int, default 300); 0 skips training (a pretrained VAE as is).
-        batch_size: images per step, RGB and DEM images mixed (int, default 8).
-        learning_rate: peak AdamW learning rate (float, default 2e-3).
-        kl_weight: weight of the KL term, which is the mean per latent element (float, default 1e-6:
-            it only keeps the latents tame).
-        seed: seeds the weights, the batch order and the posterior samples (int, default 0).
-        max_dem_error_m: the stage fails when the held-out DEM RMSE in metres is above it
-            (float, default 300.0: a loose guard for the tiny CPU VAE; tighten it for real runs).
-        latent_channels: channels of the tiny VAE's latents (int, default 4); a pretrained VAE
-            keeps its own.
-        finetune: train a pretrained VAE further (bool, default False); without ``pretrained``
-            the tiny VAE is always trained.
-        loss: reconstruction loss, "l1" or "mse" (str, default "mse").
-        weight_decay: AdamW weight decay (float, default 0.0).
-        max_grad_norm: gradients are clipped to this global norm (float, default 1.0; 0 = no clipping).
-        block_out_channels: widths of the tiny VAE's blocks, one per block (list of int or None,
-            default None: ``tiny_vae_config``'s).
-        warmup_steps: linear learning-rate warm-up from ``learning_rate / warmup_steps`` to
-            ``learning_rate`` (int, default 50; 0 = none; capped at a fifth of ``steps``).
-        lr_floor: the cosine decay after the warm-up ends at ``lr_floor * learning_rate`` at the
-            last step (float in [0, 1], default 0.02; 1 = a constant learning rate).
-        adam_beta2: AdamW's second beta (float, default 0.99; the first is 0.9).
-        augment: flip and rotate each batch by a random multiple of 90 degrees (bool, default True;
-            terrain has no preferred orientation).
-        mean_fraction: share of the steps, from the start, that decode the posterior mean rather
-            than a posterior sample (float in [0, 1], default 0.0). Faster to fit, but the
-            posterior std is then left untrained (about 1), so the diffusion model's sampled
-            latents are noisy: keep it 0 unless the VAE is only used through its mean.
-    """
-
-    steps: int = 300
-    batch_size: int = 8
-    learning_rate: float = 2e-3
-    kl_weight: float = 1e-6
-    seed: int = 0
-    max_dem_error_m: float = 300.0
-    latent_channels: int = 4
-    finetune: bool = False
-    loss: str = "mse"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    block_out_channels: list[int] | None = None
-    warmup_steps: int = 50
-    lr_floor: float = 0.02
-    adam_beta2: float = 0.99
-    augment: bool = True
-    mean_fraction: float = 0.0
-
-    def __post_init__(self) -> None:
-        problems = []
-        if int(self.steps) < 0:
-            problems.append(f"steps must be >= 0, got {self.steps!r}")
-        if int(self.batch_size) < 1:
-            problems.append(f"batch_size must be >= 1, got {self.batch_size!r}")
-        if not float(self.learning_rate) > 0:
-            problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if float(self.kl_weight) < 0:
-            problems.append(f"kl_weight must be >= 0, got {self.kl_weight!r}")
-        if not float(self.max_dem_error_m) > 0:
-            problems.append(f"max_dem_error_m must be a positive number of metres, got {self.max_dem_error_m!r}")
-        if int(self.latent_channels) < 1:
-            problems.append(f"latent_channels must be >= 1, got {self.latent_channels!r}")
-        if float(self.max_grad_norm) < 0:
-            problems.append(f"max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm!r}")
-        if int(self.warmup_steps) < 0:
-            problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
-        for name in ("lr_floor", "mean_fraction"):
-            if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        if not 0.0 <= float(self.adam_beta2) < 1.0:
-            problems.append(f"adam_beta2 must be in [0, 1), got {self.adam_beta2!r}")
-        if self.loss not in ("l1", "mse"):
-            problems.append(f"loss must be 'l1' or 'mse', got {self.loss!r}")
-        if problems:
-            raise ValueError("params.yaml vae: " + "; ".join(problems))
-
-    @classmethod
-    def from_params(cls, mapping: Mapping[str, Any] | None) -> VaeTrainParams:
-        """Params from the ``vae:`` group of params.yaml (a mapping; None gives the defaults).
-
-        Raises:
-            ValueError: a key this class does not know (listed with the known ones).
-        """
-        mapping = dict(mapping or {})
-        reject_unknown_keys("vae", mapping, {f.name for f in fields(cls)})
-        return cls(**mapping)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,7 +161,7 @@ def _batch_order(pool: int, steps: int, batch_size: int, generator: torch.Genera
     return [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
 
 
-def train_vae(vae, rgb: torch.Tensor, dem: torch.Tensor, mask: torch.Tensor, params: VaeTrainParams,
+def train_vae(vae, rgb: torch.Tensor, dem: torch.Tensor, mask: torch.Tensor, params: VaeConfig,
               progress: ProgressFn | None = None, device: str | torch.device | None = None) -> list[dict[str, float]]:
     """Train ``vae`` in place on RGB and DEM images together; deterministic for ``params.seed`` on CPU.
 
@@ -469,174 +358,3 @@ def evaluate_reconstruction(vae, rgb: torch.Tensor, dem: torch.Tensor, mask: tor
             report[f"dem_{label}mae_m"] = _masked_mean(error_m.abs(), mask)
         report["dem_beats_bilinear"] = bool(report["dem_rmse_m"] < report["dem_bilinear_rmse_m"])
     return report
-
-
-# ---------------------------------------------------------------------------------------------
-# the stage
-
-
-def resolve_pretrained(folder: str | Path) -> tuple[Path, str | None]:
-    """(folder, subfolder) of a local diffusers AutoencoderKL: the folder itself or its ``vae/``.
-
-    Args:
-        folder: a VAE folder (config.json + weights) or a pipeline folder holding ``vae/``.
-    """
-    root = Path(folder)
-    if (root / "config.json").is_file():
-        return root, None
-    if (root / "vae" / "config.json").is_file():
-        return root, "vae"
-    raise FileNotFoundError(
-        f"{root}: no AutoencoderKL here (neither {root / 'config.json'} nor {root / 'vae' / 'config.json'}); "
-        "point vae pretrained at a diffusers VAE folder or a pipeline folder with vae/ (e.g. SD 2.1's)"
-    )
-
-
-def latent_factor_of(vae) -> int:
-    """The down-sampling factor of an ``AutoencoderKL``: 2 ** (blocks - 1)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-def save_vae_atomic(vae, out_dir: str | Path) -> Path:
-    """``vae.save_pretrained`` into a staging folder beside ``out_dir``, then swapped in.
-
-    The old ``out_dir`` stays complete until the new one is in place (see
-    :func:`components.atomic.atomic_folder`), so a run killed half-way leaves one of the two.
-
-    Args:
-        vae: the model to save.
-        out_dir: the folder to (re)place, e.g. models/vae.
-    """
-    out_dir = Path(out_dir)
-    with atomic_folder(out_dir) as staging:
-        vae.save_pretrained(staging, safe_serialization=True)
-    return out_dir
-
-
-def _load_stats(stats: Mapping[str, Any] | str | Path) -> Mapping[str, Any]:
-    if isinstance(stats, (str, Path)):
-        return json.loads(Path(stats).read_text())
-    return stats
-
-
-def _stage_vae(params: VaeTrainParams, latent_factor: int, pretrained: str | Path | None):
-    """The VAE to start from: the pretrained one, or a fresh tiny one seeded by ``params.seed``."""
-    if pretrained is not None:
-        from diffusers import AutoencoderKL
-
-        folder, subfolder = resolve_pretrained(pretrained)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder=subfolder, local_files_only=True)
-        if latent_factor_of(vae) != latent_factor:
-            raise ValueError(
-                f"{pretrained}: the pretrained VAE down-samples by {latent_factor_of(vae)}, but the samples were "
-                f"prepared for latent_factor {latent_factor}: set prepare.latent_factor to {latent_factor_of(vae)} "
-                "and rerun prepare"
-            )
-        return vae
-    overrides = {} if params.block_out_channels is None else {"block_out_channels": list(params.block_out_channels)}
-    config = tiny_vae_config(latent_factor=latent_factor, latent_channels=params.latent_channels, **overrides)
-    # Seed the initial weights here so that a run depends on params.seed alone.
-    torch.manual_seed(int(params.seed))
-    return build_vae(config)
-
-
-def _round(report: Mapping[str, Any]) -> dict[str, Any]:
-    """Floats to 6 significant digits: stable bytes for a versioned metrics file."""
-    return {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in report.items()}
-
-
-def run_vae_stage(shards: Sequence[str | Path], stats: Mapping[str, Any] | str | Path,
-                  params: VaeTrainParams | Mapping[str, Any], out_dir: str | Path,
-                  pretrained: str | Path | None = None, progress: Callable[[str], None] | None = None,
-                  device: str | torch.device | None = None) -> dict[str, Any]:
-    """The whole ``vae`` stage: train (or load) the VAE, measure, check, save. Returns reports/vae.json.
-
-    Args:
-        shards: sample shard paths (data/samples/*.parquet).
-        stats: stats.json's content, or its path (needs ``dem_scale_m`` and ``prepare.latent_factor``).
-        params: ``VaeTrainParams`` or the params.yaml ``vae:`` mapping.
-        out_dir: the diffusers folder to write (models/vae); replaced atomically.
-        pretrained: a local diffusers AutoencoderKL folder, or a pipeline folder with ``vae/``
-            (default None: train the tiny VAE). It keeps its own scaling factor and is trained
-            further only with ``params.finetune``.
-        progress: called with one line of text at each phase and about every 10 % of training,
-            run times included (default None: silent).
-        device: where to train and evaluate (default None: CUDA when available, else CPU).
-
-    Raises:
-        ValueError: the held-out DEM RMSE in metres is above ``params.max_dem_error_m`` (nothing
-            is saved), or the inputs are inconsistent.
-    """
-    params = params if isinstance(params, VaeTrainParams) else VaeTrainParams.from_params(params)
-    stats = _load_stats(stats)
-    say = progress or (lambda line: None)
-    device = torch.device(device) if device is not None else default_device()
-    dem_scale_m = float(stats["dem_scale_m"])
-    latent_factor = int(stats["prepare"]["latent_factor"])
-    started = time.perf_counter()
-
-    # 1. The samples: train to learn from, test (held out) to evaluate on. Everything is held in
-    #    memory (fine at the tiny profiles' 64 px); a pretrained VAE taken as is skips the train split.
-    learns = pretrained is None or params.finetune
-    test = load_vae_arrays(shards, dem_scale_m, "test")
-    train = load_vae_arrays(shards, dem_scale_m, "train") if learns or not test["sample_id"] else None
-    if train is None:
-        train = {"rgb": test["rgb"][:0], "dem": test["dem"][:0], "mask": test["mask"][:0], "sample_id": []}
-    evaluated_on = "test" if test["sample_id"] else "train"
-    held_out = test if test["sample_id"] else train
-    say(f"vae: {len(train['sample_id'])} train (read) / {len(test['sample_id'])} test samples, "
-        f"{tuple(train['rgb'].shape[-2:])} px, evaluating on {evaluated_on}")
-
-    # 2. The model to start from.
-    vae = _stage_vae(params, latent_factor, pretrained).to(device)
-
-    # 3. Train (the tiny VAE always; a pretrained one only when fine-tuning).
-    history: list[dict[str, float]] = []
-    if learns:
-        def on_step(step: int, total: int, loss: float) -> None:
-            say(f"vae: step {step}/{total} loss {loss:.4f} ({time.perf_counter() - started:.0f} s)")
-
-        history = train_vae(vae, train["rgb"], train["dem"], train["mask"], params, on_step, device)
-    vae.eval()
-
-    # 4. The scaling factor (a pretrained VAE keeps the one it was published with).
-    if pretrained is None:
-        scaling = measure_scaling_factor(vae, torch.cat([train["rgb"], train["dem"]]), seed=params.seed)
-        vae.register_to_config(scaling_factor=scaling)
-    scaling = float(vae.config.scaling_factor)
-
-    # 5. Evaluate on held-out samples and check the DEM bound.
-    metrics = evaluate_reconstruction(vae, held_out["rgb"], held_out["dem"], held_out["mask"], dem_scale_m,
-                                      latent_factor)
-    say(f"vae: {evaluated_on} RGB PSNR {metrics['rgb_psnr_db']:.2f} dB (bilinear {metrics['rgb_bilinear_psnr_db']:.2f}), "
-        f"DEM RMSE {metrics['dem_rmse_m']:.2f} m (bilinear {metrics['dem_bilinear_rmse_m']:.2f} m)")
-    if not metrics["dem_rmse_m"] <= params.max_dem_error_m:
-        raise ValueError(
-            f"vae: DEM reconstruction RMSE {metrics['dem_rmse_m']:.3f} m on the {evaluated_on} split is above "
-            f"vae.max_dem_error_m = {params.max_dem_error_m} m (bilinear at the same factor: "
-            f"{metrics['dem_bilinear_rmse_m']:.3f} m): train longer (raise vae.steps, now {params.steps}) "
-            "or raise vae.max_dem_error_m in params.yaml"
-        )
-
-    # 6. Save and report (no run times: the report is versioned).
-    save_vae_atomic(vae, out_dir)
-    say(f"vae: saved {out_dir} (scaling_factor {scaling:.4f}) in {time.perf_counter() - started:.0f} s")
-    report = {
-        "source": "pretrained" if pretrained is not None else "trained",
-        "pretrained": None if pretrained is None else str(pretrained),
-        "finetuned": bool(pretrained is not None and params.finetune),
-        "steps": len(history),
-        "final_loss": history[-1]["loss"] if history else None,
-        "final_rec_loss": history[-1]["rec_loss"] if history else None,
-        "final_kl": history[-1]["kl"] if history else None,
-        "scaling_factor": scaling,
-        "latent_factor": latent_factor,
-        "latent_channels": int(vae.config.latent_channels),
-        "dem_scale_m": dem_scale_m,
-        "samples": {"train": len(train["sample_id"]), "test": len(test["sample_id"])},
-        "evaluated_on": evaluated_on,
-        "max_dem_error_m": float(params.max_dem_error_m),
-        "params": asdict(params),
-        **metrics,
-    }
-    return _round(report)

@@ -7,4 +7,6 @@
   shuffles across shards, splits the work over accelerate processes and DataLoader workers
   (every sample once per epoch) and augments captions at read time.
 * ``geometry``: the training footprint and pixel grid shared by image, DEM and masks.
+* ``latents``: the latent cache (``schema``: its format, ``encode``: the latents stage writes it,
+  ``read``: the trainer's dataset over it).
 """

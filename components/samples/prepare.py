@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from components.config import PrepareConfig
 from components.majortom.errors import RejectedRow, ShardError
 from components.majortom.shards import read_shard
 from components.radiometry.normalise import encode_rgb
@@ -26,7 +27,10 @@ DESCRIPTORS = ("country", "biome", "ecoregion", "landform_local", "landform_regi
 
 @dataclass(frozen=True)
 class PrepareParams:
-    """The `prepare` params group (see params.yaml for what each value means)."""
+    """What building a sample needs: params ``prepare`` (checked by ``PrepareConfig``) and ``validate.cloud_classes``.
+
+    A dataclass of its own because stats.json records it (``asdict``) in the samples' data version.
+    """
 
     footprint_px: int = 768
     image_px: int = 64
@@ -37,23 +41,15 @@ class PrepareParams:
     cloud_classes: tuple[int, ...] = (1, 2, 3)
 
     @classmethod
-    def from_params(cls, prepare: Mapping, cloud_classes: Sequence[int]) -> "PrepareParams":
-        rule = prepare.get("rgb_rule") or {}
-        params = cls(footprint_px=int(prepare["footprint_px"]), image_px=int(prepare["image_px"]),
-                     latent_factor=int(prepare["latent_factor"]),
-                     store_both_variants=bool(prepare.get("store_both_variants", True)),
-                     rgb_gain=float(rule.get("gain", cls.rgb_gain)), rgb_gamma=float(rule.get("gamma", cls.rgb_gamma)),
-                     cloud_classes=tuple(int(c) for c in cloud_classes))
-        params.check()
-        return params
+    def from_config(cls, prepare: PrepareConfig, cloud_classes: Sequence[int]) -> PrepareParams:
+        return cls(footprint_px=prepare.footprint_px, image_px=prepare.image_px, latent_factor=prepare.latent_factor,
+                   store_both_variants=prepare.store_both_variants, rgb_gain=prepare.rgb_rule.gain,
+                   rgb_gamma=prepare.rgb_rule.gamma, cloud_classes=tuple(int(c) for c in cloud_classes))
 
-    def check(self) -> None:
-        geometry.footprint_offsets(self.footprint_px)
-        if self.footprint_px % self.image_px and self.image_px % (self.footprint_px // 3):
-            raise ValueError(f"prepare.image_px={self.image_px} must divide footprint_px={self.footprint_px} "
-                             "(area-downsampling) or be a multiple of the DEM footprint")
-        if self.image_px % self.latent_factor:
-            raise ValueError(f"prepare.image_px={self.image_px} is not a multiple of latent_factor={self.latent_factor}")
+    @classmethod
+    def from_params(cls, prepare: Mapping, cloud_classes: Sequence[int]) -> PrepareParams:
+        """From the plain ``prepare`` mapping (ParamsError when it is invalid)."""
+        return cls.from_config(PrepareConfig.from_params(prepare), cloud_classes)
 
 
 class SampleRejected(Exception):

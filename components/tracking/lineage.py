@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from components.layout import DVC_LOCK, PARAMS_FILE
+
 UNKNOWN = "unknown"
 
 
@@ -151,7 +153,7 @@ def lineage_tags(
         "mesa.git_dirty": dirty,
         "mesa.params_hash": params_hash(params),
     }
-    for out, digest in sorted(dvc_out_hashes(project / "dvc.lock").items()):
+    for out, digest in sorted(dvc_out_hashes(project / DVC_LOCK).items()):
         tags[f"mesa.dvc.{out}"] = digest
     for key, value in (data_counts or {}).items():
         tags[f"mesa.data.{key}"] = _leaf_to_str(value)
@@ -203,7 +205,7 @@ def lineage_snapshot(project_dir: str | Path, params: Mapping[str, Any], steps: 
                               "untracked": untracked[:UNTRACKED_LIMIT],
                               "untracked_truncated": len(untracked) > UNTRACKED_LIMIT}
     files = {}
-    for name in ("params.yaml", "dvc.lock"):
+    for name in (PARAMS_FILE, DVC_LOCK):
         if (project / name).is_file():
             files[f"{folder}/{name}"] = (project / name).read_text(encoding="utf-8")
     if dirty == "true":

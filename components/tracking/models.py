@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+# What MLflow loads (registry, runs, its artifact proxy, artifact stores); anything else is a folder.
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "file:", "s3:", "gs:", "wasbs:", "hdfs:", "dbfs:")
+
+
+def is_mlflow_uri(model: str) -> bool:
+    """Whether `model` is a URI for MLflow to load, not a local folder.
+
+    Args:
+        model (str): what a user named: ``models:/mesa@champion``, ``runs:/ID/pipeline``, a folder ...
+    """
+    return model.startswith(MLFLOW_SCHEMES)
 
 
 def load_pipeline(model: str, project_dir: str | Path = ".", device: str | None = None):
@@ -25,11 +35,11 @@ def load_pipeline(model: str, project_dir: str | Path = ".", device: str | None 
     from components.model.pipeline import TerrainPipeline
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if model.startswith(MLFLOW_SCHEMES):
+    if is_mlflow_uri(model):
         import mlflow.pyfunc
 
         from components.tracking.pyfunc import using_tracking_uri
-        from components.tracking.runs import tracking_uri
+        from components.tracking.store import tracking_uri
 
         with using_tracking_uri(tracking_uri(project_dir)):
             try:

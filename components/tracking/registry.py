@@ -1,7 +1,7 @@
 """The model registry: register evaluated pipelines, gate promotions, move the ``champion`` alias.
 
-Everything goes through an explicit `mlflow.MlflowClient` (e.g. ``_client_for(project, None)[1]``
-from `components.tracking.runs`). The one exception: MLflow's database registry store resolves a
+Everything goes through an explicit `mlflow.MlflowClient` (e.g. ``mlflow_client(project)``
+from `components.tracking.store`). The one exception: MLflow's database registry store resolves a
 ``models:/<model id>`` source through the global tracking URI, so registering a version sets it
 to the client's URI for that call only (`components.tracking.pyfunc.using_tracking_uri`).
 
@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from components.config import GateConfig
 from components.locks import exclusive_lock
 
 CHAMPION = "champion"
@@ -349,38 +350,25 @@ class PromotionGate:
     ceilings: Mapping[str, float] = field(default_factory=dict)
     metrics: tuple[str, ...] | None = None
 
-    def __post_init__(self):
-        if not (isinstance(self.max_regression, (int, float)) and math.isfinite(self.max_regression)
-                and self.max_regression >= 0):
-            raise ValueError(f"max_regression must be a finite number >= 0 (a fraction, 0.05 = 5 %), "
-                             f"got {self.max_regression!r}")
-        for kind in ("floors", "ceilings"):
-            for metric, limit in getattr(self, kind).items():
-                if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit):
-                    raise ValueError(f"{kind}.{metric} must be a finite number, got {limit!r}")
+    @classmethod
+    def from_config(cls, config: GateConfig) -> PromotionGate:
+        """The gate params.yaml ``registry.gate`` describes (checked by ``GateConfig``)."""
+        return cls(max_regression=config.max_regression, floors=dict(config.floors), ceilings=dict(config.ceilings),
+                   metrics=None if config.metrics is None else tuple(config.metrics))
 
     @classmethod
     def from_params(cls, mapping: Mapping[str, Any] | None) -> PromotionGate:
         """A gate from a params section such as ``{"max_regression": 0.05, "floors": {...}}``.
 
         Args:
-            mapping (Mapping[str, Any] | None): keys max_regression, floors, ceilings (each
+            mapping (Mapping[str, Any] | None): keys max_regression, floors, ceilings, metrics (each
                 optional); None gives the default gate.
 
         Raises:
-            ValueError: on an unknown key (a typo would otherwise silently disable a check) or an
-                invalid value.
+            ParamsError: an unknown key (a typo would otherwise silently disable a check) or an
+                invalid value, named as ``registry.gate.KEY``.
         """
-        mapping = dict(mapping or {})
-        unknown = sorted(set(mapping) - {"max_regression", "floors", "ceilings", "metrics"})
-        if unknown:
-            raise ValueError(f"unknown promotion gate keys {unknown}: allowed are max_regression, floors, ceilings, "
-                             "metrics")
-        metrics = mapping.get("metrics")
-        return cls(max_regression=float(mapping.get("max_regression", 0.0)),
-                   floors=dict(mapping.get("floors") or {}),
-                   ceilings=dict(mapping.get("ceilings") or {}),
-                   metrics=None if metrics is None else tuple(str(m) for m in metrics))
+        return cls.from_config(GateConfig.from_params(mapping))
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Start and stop the team's server processes: `mlflow server` and `prefect server start`.
 
-Used by tests, outage drills and `mesa infra up --native` (flows/infra.py). Nothing here imports
+Used by tests, outage drills, `mesa infra up --native` (components/ops/infra.py) and the local
+Prefect server of `mesa deploy` (components/ops/deployments.py). Nothing here imports
 Prefect or MLflow: the servers are subprocesses of this interpreter's environment, and the
 PostgreSQL helpers talk to the database with psycopg2 only.
 
@@ -15,11 +16,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from components.ops.health import health_problem, wait_until_healthy
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -91,12 +91,8 @@ class ServerProcess:
         return self
 
     def healthy(self) -> bool:
-        """Whether the health endpoint answers 200 now."""
-        try:
-            with urllib.request.urlopen(f"{self.url}{self.health_path}", timeout=2) as answer:
-                return answer.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        """Whether the health endpoint answers (2xx) now."""
+        return health_problem(f"{self.url}{self.health_path}") is None
 
     def wait_healthy(self, timeout: float = 60.0) -> ServerProcess:
         """Block until the health endpoint answers.
@@ -108,16 +104,11 @@ class ServerProcess:
             RuntimeError: when the process exits or does not answer in time (the message ends
                 with the last lines of its log).
         """
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.healthy():
-                return self
-            if self.process is None or self.process.poll() is not None:
-                raise RuntimeError(f"{self.label} {self.url} exited before answering {self.health_path} "
-                                   f"(log {self.log_path}):\n{self.log_tail()}")
-            time.sleep(0.25)
-        raise RuntimeError(f"{self.label} {self.url} did not answer {self.health_path} within {timeout:g} s "
-                           f"(log {self.log_path}):\n{self.log_tail()}")
+        if self.process is None:
+            raise RuntimeError(f"{self.label} {self.url} was never started (or is stopped): call start() first")
+        wait_until_healthy(f"{self.url}{self.health_path}", timeout, label=self.label, exit_code=self.process.poll,
+                           details=lambda: f"log {self.log_path}:\n{self.log_tail()}")
+        return self
 
     def stop(self, timeout: float = 15.0) -> None:
         """Terminate the server and its workers (SIGTERM, then SIGKILL after `timeout` seconds).
@@ -255,7 +246,7 @@ def prefect_server_args(host: str, port: int) -> list[str]:
 
 
 def start_prefect_server(
-    database_url: str,
+    database_url: str | None,
     home_dir: str | Path,
     host: str = "127.0.0.1",
     port: int | None = None,
@@ -268,8 +259,9 @@ def start_prefect_server(
     database takes longer: about 20 s on 2 busy cores).
 
     Args:
-        database_url (str): ``postgresql+asyncpg://user[:password]@host:port/db`` (or
-            ``sqlite+aiosqlite:///path``); given to the server through its environment only.
+        database_url (str | None): ``postgresql+asyncpg://user[:password]@host:port/db`` (or
+            ``sqlite+aiosqlite:///path``); given to the server through its environment only. None:
+            Prefect's default, a SQLite database in `home_dir`.
         home_dir (str | Path): the server's PREFECT_HOME (its profiles, UI build, local files).
         host (str, default "127.0.0.1"): interface to bind.
         port (int | None, default None): port; None picks a free one.
@@ -290,10 +282,11 @@ def start_prefect_server(
            if key not in ("PREFECT_API_URL", "PREFECT_PROFILE")}
     env.update({
         "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_ENABLED": "true" if ui else "false",
     })
+    if database_url is not None:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
     return PrefectServer(url=f"http://{host}:{port}", command=command, log_path=log, env=env).start()
 
 

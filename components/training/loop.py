@@ -26,29 +26,10 @@ import torch
 
 from components.atomic import (DELETING_SUFFIX, OLD_SUFFIX, atomic_folder, begin_folder, commit_folder, recover_folder,
                                remove_folder, staging_path)
-from components.training.params import TrainParams
+from components.config import ModelConfig, PipelineConfig, SampleConfig, TrainConfig
+from components.layout import MLFLOW_PARENT_RUN_ENV, MLFLOW_RUN_TAGS_ENV, TRAIN_TRACE_ENV, ProjectLayout
 
 CHECKPOINT_PREFIX = "checkpoint-"
-
-
-@dataclass
-class Layout:
-    """Where a run reads and writes, relative to the project (the DVC stage's deps and outs)."""
-
-    samples: Path
-    latents: Path
-    vae: Path
-    captions: Path
-    checkpoints: Path
-    pipeline: Path
-    run_record: Path
-
-    @classmethod
-    def for_project(cls, root: str | Path) -> Layout:
-        root = Path(root)
-        return cls(samples=root / "data/samples", latents=root / "data/latents", vae=root / "models/vae",
-                   captions=root / "data/captions/captions.parquet", checkpoints=root / "models/checkpoints",
-                   pipeline=root / "models/pipeline", run_record=root / "models/train_run.json")
 
 
 @dataclass
@@ -94,34 +75,30 @@ def caption_corpus(captions_path: Path) -> list[str]:
     return texts
 
 
-def build_text_side(model_params: Mapping[str, Any], captions_path: Path, seed: int):
+def build_text_side(model: ModelConfig, captions_path: Path, seed: int):
     """(tokenizer, text_encoder): SD 2.1's from model.pretrained, else trained/seeded tiny ones."""
     from components.model.text import load_pretrained_text, tiny_text_encoder, train_caption_tokenizer
 
-    if model_params.get("pretrained"):
-        return load_pretrained_text(model_params["pretrained"], freeze=True)
-    text = model_params.get("text") or {}
-    tokenizer = train_caption_tokenizer(caption_corpus(captions_path), vocab_size=int(text.get("vocab_size", 2048)))
-    encoder = tiny_text_encoder(len(tokenizer), hidden_size=int(text.get("hidden_size", 32)),
-                                layers=int(text.get("layers", 2)), heads=int(text.get("heads", 2)), seed=seed)
+    if model.pretrained:
+        return load_pretrained_text(model.pretrained, freeze=True)
+    tokenizer = train_caption_tokenizer(caption_corpus(captions_path), vocab_size=model.text.vocab_size)
+    encoder = tiny_text_encoder(len(tokenizer), hidden_size=model.text.hidden_size, layers=model.text.layers,
+                                heads=model.text.heads, seed=seed)
     return tokenizer, encoder
 
 
-def build_unet_from_params(model_params: Mapping[str, Any], latent_px: int, cross_attention_dim: int, seed: int):
+def build_unet_from_params(model: ModelConfig, latent_px: int, cross_attention_dim: int, seed: int):
     """The TwoHeadUNet: SD 2.1's weights when model.pretrained names a folder, else a seeded config."""
     from components.model import factories
     from components.model.convert import from_pretrained_sd
 
-    shared = bool(model_params.get("shared_first_block", False))
-    if model_params.get("pretrained"):
-        return from_pretrained_sd(model_params["pretrained"], shared_first_block=shared)
+    shared = model.shared_first_block
+    if model.pretrained:
+        return from_pretrained_sd(model.pretrained, shared_first_block=shared)
     configs = {"tiny": factories.tiny_unet_config, "published_tiny": factories.published_tiny_config,
                "paper": factories.paper_unet_config}
-    name = model_params.get("unet", "tiny")
-    if name not in configs:
-        raise ValueError(f"model.unet must be one of {sorted(configs)}, got {name!r}")
-    config = configs[name](sample_size=latent_px, cross_attention_dim=cross_attention_dim, shared_first_block=shared,
-                           **(model_params.get("unet_overrides") or {}))
+    config = configs[model.unet](sample_size=latent_px, cross_attention_dim=cross_attention_dim,
+                                 shared_first_block=shared, **model.unet_overrides)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return factories.build_unet(config)
@@ -223,16 +200,17 @@ def save_checkpoint(accelerator, folder: Path, step: int, keep: int) -> Path:
 # data
 
 
-def make_dataset(layout: Layout, params: Mapping[str, Any], train: TrainParams, rank: int, world: int, split: str,
-                 augment: bool):
+def make_dataset(layout: ProjectLayout, params: Mapping[str, Any], train: TrainConfig, rank: int, world: int,
+                 split: str, augment: bool):
     """Cached latents when the latents stage wrote them, else the samples (encoded on the fly)."""
     from components.samples.dataset import TerrainSampleDataset
-    from components.samples.latents import LatentSampleDataset, latent_shards, read_manifest
+    from components.samples.latents.read import LatentSampleDataset, latent_shards, read_manifest
+    from components.samples.latents.schema import MANIFEST_NAME
 
     for folder in (layout.samples, layout.latents):
         recover_folder(folder)  # a prepare or latents stage killed mid-swap left only <folder>.old
-    stats = json.loads((layout.samples / "stats.json").read_text())
-    manifest = read_manifest(layout.latents) if (layout.latents / "manifest.json").exists() else {"enabled": False}
+    stats = json.loads(layout.sample_stats.read_text())
+    manifest = read_manifest(layout.latents) if (layout.latents / MANIFEST_NAME).exists() else {"enabled": False}
     cached = bool(manifest.get("enabled"))
     shards = ([str(p) for p in latent_shards(layout.latents)] if cached
               else sorted(str(p) for p in layout.samples.glob("*.parquet")))
@@ -247,7 +225,7 @@ def make_dataset(layout: Layout, params: Mapping[str, Any], train: TrainParams, 
 
 def collate_for(cached: bool):
     from components.samples.dataset import collate
-    from components.samples.latents import collate_latents
+    from components.samples.latents.read import collate_latents
 
     return collate_latents if cached else collate
 
@@ -255,7 +233,7 @@ def collate_for(cached: bool):
 def batch_latents(batch: Mapping[str, Any], vae, cached: bool, generator: torch.Generator,
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(image latents, DEM latents) of a batch, sampled from the VAE posterior and scaled."""
-    from components.samples.latents import sample_posterior
+    from components.samples.latents.read import sample_posterior
 
     scale = float(vae.config.scaling_factor)
     if cached:
@@ -278,13 +256,13 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
     """Train the two-head UNet and write models/pipeline/ and models/train_run.json.
 
     Args:
-        project_dir: the project (params.yaml's folder); inputs and outputs are in ``Layout``.
+        project_dir: the project (params.yaml's folder); inputs and outputs are in ``ProjectLayout``.
         params: the whole params.yaml (groups model, train, captions, shadow, sample).
         stop_after: stop after this many optimiser updates (tests of resume; default: train.steps).
         accelerator: an ``accelerate.Accelerator`` (default: one from train's settings).
         trace_dir: write ``rank<N>.json`` there (the sample ids this rank trained on, and a hash of
             its final weights): how the multi-process test checks the split and the sync. Default:
-            env MESA_TRAIN_TRACE_DIR, else none.
+            env ``TRAIN_TRACE_ENV`` (MESA_TRAIN_TRACE_DIR), else none.
     """
     import os
     from accelerate import Accelerator
@@ -297,9 +275,9 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
     from components.training.loss import masked_v_loss, noisy_latents
 
     root = Path(project_dir)
-    layout = Layout.for_project(root)
-    train_params = TrainParams.from_params(params["train"])
-    model_params = params.get("model") or {}
+    layout = ProjectLayout(root)
+    config = PipelineConfig.from_params(params)
+    train_params = config.train
     # cpu=True without a GPU: under a torchrun-style launch (several processes) accelerate then
     # picks gloo DDP on the CPU instead of treating each process as a run of its own.
     accelerator = accelerator or Accelerator(mixed_precision=train_params.mixed_precision,
@@ -319,10 +297,10 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
 
     # 2. Frozen parts and the UNet.
     vae = load_frozen_vae(layout.vae).to(device)
-    tokenizer, text_encoder = build_text_side(model_params, layout.captions, train_params.seed)
+    tokenizer, text_encoder = build_text_side(config.model, layout.captions, train_params.seed)
     text_encoder.requires_grad_(train_params.train_text_encoder).train(train_params.train_text_encoder)
     latent_px = stats["prepare"]["image_px"] // stats["prepare"]["latent_factor"]
-    unet = build_unet_from_params(model_params, latent_px, text_encoder.config.hidden_size, train_params.seed)
+    unet = build_unet_from_params(config.model, latent_px, text_encoder.config.hidden_size, train_params.seed)
     if train_params.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     noise_scheduler = training_scheduler()
@@ -338,8 +316,8 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
     state = TrainState()
     accelerator.register_for_checkpointing(state)
     ema = None
-    if train_params.ema_enabled:
-        ema = EMAModel(accelerator.unwrap_model(unet).parameters(), decay=train_params.ema_decay)
+    if train_params.ema.enabled:
+        ema = EMAModel(accelerator.unwrap_model(unet).parameters(), decay=train_params.ema.decay)
         ema.to(device)
         accelerator.register_for_checkpointing(ema)
 
@@ -424,8 +402,8 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
             if state.step % train_params.validate_every == 0:
                 evaluate()
             if train_params.grid_captions and state.step % train_params.grid_every == 0:
-                _log_grid(accelerator, tracker, unet, ema, vae, tokenizer, text_encoder, stats, params, train_params,
-                          state.step)
+                _log_grid(accelerator, tracker, unet, ema, vae, tokenizer, text_encoder, stats, config.sample,
+                          train_params, state.step)
             if state.step % train_params.checkpoint_every == 0:
                 save_checkpoint(accelerator, checkpoints, state.step, train_params.keep_checkpoints)
             if state.step >= total:
@@ -449,7 +427,7 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
             result["validation_last"] = {k: round(v, 6) for k, v in history[-1].items()}
             result["validation_history"] = [{k: round(v, 6) for k, v in h.items()} for h in history]
         if accelerator.is_main_process:
-            pipeline = _final_pipeline(accelerator, unet, ema, vae, tokenizer, text_encoder, stats, params)
+            pipeline = _final_pipeline(accelerator, unet, ema, vae, tokenizer, text_encoder, stats, config.sample)
             _save_atomically(pipeline, layout.pipeline)
             if train_params.log_model:
                 from components.tracking.pyfunc import log_pipeline_model
@@ -463,7 +441,7 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
             write_json_atomic(layout.run_record, {"run_id": tracker.run_id, "experiment": train_params.experiment,
                                                   "steps": state.step, "model_uri": result.get("model_uri")})
         say(f"[train] {state.step} steps in {seconds:.0f} s -> {layout.pipeline}")
-    trace_dir = trace_dir or os.environ.get("MESA_TRAIN_TRACE_DIR")
+    trace_dir = trace_dir or os.environ.get(TRAIN_TRACE_ENV)
     if trace_dir:
         from components.atomic import write_json_atomic
 
@@ -489,35 +467,35 @@ def _printer(accelerator):
     return say
 
 
-def _start_tracking(root: Path, params, train_params: TrainParams, accelerator, state: TrainState, stats,
+def _start_tracking(root: Path, params, train_params: TrainConfig, accelerator, state: TrainState, stats,
                     dataset, cached: bool):
     """The run's logger: the run a resumed checkpoint names, else a new run with lineage tags.
 
     A caller that launches training (e.g. `mesa ablation` around `dvc exp run`) can shape a new run
     through the environment:
 
-    - ``MESA_MLFLOW_PARENT_RUN_ID``: a run id; the new run is nested under it (tag
+    - ``MLFLOW_PARENT_RUN_ENV`` (MESA_MLFLOW_PARENT_RUN_ID): a run id; the new run is nested under it (tag
       ``mlflow.parentRunId``, which the MLflow UI shows as a child row of that run).
-    - ``MESA_MLFLOW_RUN_TAGS``: a JSON object of extra tags (e.g. ``{"mesa.variant": "shadow-on"}``);
-      ``mlflow.runName`` in it replaces the default run name.
+    - ``MLFLOW_RUN_TAGS_ENV`` (MESA_MLFLOW_RUN_TAGS): a JSON object of extra tags (e.g.
+      ``{"mesa.variant": "shadow-on"}``); ``mlflow.runName`` in it replaces the default run name.
     """
     import json
     import os
 
     from components.tracking.lineage import lineage_tags
-    from components.tracking.runs import RunLogger
+    from components.tracking.run_logger import RunLogger
 
     enabled = accelerator.is_main_process
     counts = {"train_samples": dataset.num_samples(), "processes": accelerator.num_processes,
               "cached_latents": cached, "samples": stats.get("samples")}
     tags = lineage_tags(root, params, counts) if enabled else {}
-    extra = json.loads(os.environ.get("MESA_MLFLOW_RUN_TAGS") or "{}")
+    extra = json.loads(os.environ.get(MLFLOW_RUN_TAGS_ENV) or "{}")
     if not isinstance(extra, dict):
-        raise TypeError(f"MESA_MLFLOW_RUN_TAGS must be a JSON object of tags, got {extra!r}")
+        raise TypeError(f"{MLFLOW_RUN_TAGS_ENV} must be a JSON object of tags, got {extra!r}")
     run_name = str(extra.pop("mlflow.runName", None) or f"train-{params.get('profile', 'custom')}")
     tags.update({str(k): str(v) for k, v in extra.items()})
-    if os.environ.get("MESA_MLFLOW_PARENT_RUN_ID"):
-        tags["mlflow.parentRunId"] = os.environ["MESA_MLFLOW_PARENT_RUN_ID"]
+    if os.environ.get(MLFLOW_PARENT_RUN_ENV):
+        tags["mlflow.parentRunId"] = os.environ[MLFLOW_PARENT_RUN_ENV]
     if state.run_id:
         tracker = RunLogger.resume(state.run_id, root, enabled=enabled)
     else:
@@ -543,13 +521,12 @@ def _unet_for_sampling(accelerator, unet, ema):
     return model.float()
 
 
-def _final_pipeline(accelerator, unet, ema, vae, tokenizer, text_encoder, stats, params):
+def _final_pipeline(accelerator, unet, ema, vae, tokenizer, text_encoder, stats, sample: SampleConfig):
     from components.model.pipeline import build_pipeline
 
-    sample = params.get("sample") or {}
     encoder = accelerator.unwrap_model(text_encoder).eval()
     return build_pipeline(_unet_for_sampling(accelerator, unet, ema).cpu(), vae,
-                          encoder, tokenizer, stats, sampler=sample.get("sampler", "ddim"))
+                          encoder, tokenizer, stats, sampler=sample.sampler)
 
 
 def _save_atomically(pipeline, folder: Path) -> None:
@@ -558,19 +535,20 @@ def _save_atomically(pipeline, folder: Path) -> None:
         pipeline.save_pretrained(str(staging))
 
 
-def _log_grid(accelerator, tracker, unet, ema, vae, tokenizer, text_encoder, stats, params, train_params, step):
+def _log_grid(accelerator, tracker, unet, ema, vae, tokenizer, text_encoder, stats, sample: SampleConfig, train_params,
+              step):
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return
     from components.training.validation import render_grid
 
-    pipeline = _final_pipeline(accelerator, unet, ema, vae, tokenizer, text_encoder, stats, params)
+    pipeline = _final_pipeline(accelerator, unet, ema, vae, tokenizer, text_encoder, stats, sample)
     captions = list(train_params.grid_captions)
     seeds = list(train_params.grid_seeds)
     prompts = [c for c in captions for _ in seeds]
     output = pipeline(prompt=prompts, seed=[s for _ in captions for s in seeds],
                       num_inference_steps=train_params.grid_steps,
-                      guidance_scale=float((params.get("sample") or {}).get("guidance", 7.0)))
+                      guidance_scale=sample.guidance)
     image = render_grid(output.rgb, output.dem_m, prompts, [s for _ in captions for s in seeds],
                         pixel_size_m=float(stats["prepare"]["footprint_px"]) * 10.0 / output.rgb.shape[1])
     tracker.log_image(image, f"grids/step_{step:06d}.png", step=step)

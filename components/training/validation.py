@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from components.layout import ProjectLayout
+
 VALIDATION_SEED = 1234
 SHUFFLES = 3  # caption shuffles averaged for the conditioning check
 
@@ -35,7 +37,7 @@ class ValidationSet:
     split: str                   # how many held-out and training samples it holds
 
     @classmethod
-    def build(cls, layout, params: Mapping[str, Any], train_params, vae, tokenizer, text_encoder,
+    def build(cls, layout: ProjectLayout, params: Mapping[str, Any], train_params, vae, tokenizer, text_encoder,
               device) -> ValidationSet:
         """Training's set: held-out samples first, a small world's test split topped up with
         training samples (the first ones in id order), so it is never too small to compare captions on."""
@@ -132,10 +134,10 @@ def _test_ids(shards: Sequence[str]) -> set[str]:
             if row["split"] == "test"}
 
 
-def _dem_scale(layout) -> float:
+def _dem_scale(layout: ProjectLayout) -> float:
     import json
 
-    return float(json.loads((layout.samples / "stats.json").read_text())["dem_scale_m"])
+    return float(json.loads(layout.sample_stats.read_text())["dem_scale_m"])
 
 
 def render_grid(rgb: np.ndarray, dem_m: np.ndarray, prompts: Sequence[str], seeds: Sequence[int],

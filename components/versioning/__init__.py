@@ -6,4 +6,6 @@
   checkpoints, DVC cache and remote objects) while keeping what registered versions and recent
   runs need.
 - `dvc_git`: the git and DVC plumbing both share (commands, remotes, caches, snapshot projects).
+- `stages`: the main job's view of its DVC stages: their order, `dvc repro` of one with its outcome
+  (ran, skipped, restored), `dvc push`, the data version dvc.lock records.
 """

@@ -36,21 +36,22 @@ def run_command(command: list[str], cwd: str | Path, env: Mapping[str, str] | No
     Raises:
         CommandFailed: when `check` and the exit code is not 0 (with the last 30 lines).
     """
+    from components.processes import run_streaming
+
     lines: list[str] = []
-    with subprocess.Popen(command, cwd=str(cwd), env=dict(env) if env is not None else None, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, errors="replace") as proc:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.rstrip()
-            if line:
-                lines.append(line)
-                if log:
-                    log(f"{prefix}{line}")
-    if check and proc.returncode != 0:
+
+    def keep(line: str) -> None:
+        lines.append(line)
+        if log:
+            log(f"{prefix}{line}")
+
+    # In the caller's process group: Ctrl-C at `mesa rebuild` or `mesa gc` reaches the command directly.
+    returncode = run_streaming(command, cwd=cwd, env=env, on_line=keep, new_session=False)
+    if check and returncode != 0:
         tail = "\n".join(deque(lines, maxlen=30))
         raise CommandFailed(f"`{' '.join(command[2:] if command[:2] == [sys.executable, '-m'] else command)}` "
-                            f"in {cwd} failed (exit {proc.returncode}). Last output:\n{tail}")
-    return proc.returncode, lines
+                            f"in {cwd} failed (exit {returncode}). Last output:\n{tail}")
+    return returncode, lines
 
 
 def git(repo: str | Path, *args: str, check: bool = True) -> str:

@@ -33,11 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.layout import (DVC_LOCK, MLFLOW_DB, MLFLOW_PARENT_RUN_ENV, MLFLOW_RUN_TAGS_ENV, PARAMS_FILE,
+                               PIPELINE_DIR, REPORTS_DIR)
 from components.tracking.lineage import SNAPSHOT_DIR, SNAPSHOT_RECORD, params_hash
 from components.versioning.dvc_git import (CommandFailed, Log, configure_local, dvc_command, git, git_show,
                                            has_commit, lock_outs, pipeline_of, remote_settings, run_command, under)
 
-MODEL_OUT = "models/pipeline"  # the training stage's output; compared by weights, not by hash
+MODEL_OUT = PIPELINE_DIR.as_posix()  # the training stage's output; compared by weights, not by hash
 DEFAULT_UNTIL = "train"
 _MODEL_ID_URI = "models:/m-"
 
@@ -88,8 +90,8 @@ class Lineage:
 
     def recorded_outs(self) -> dict[str, str]:
         """Output -> hash when training started: the segment's dvc.lock, else the run's tags."""
-        if "dvc.lock" in self.files:
-            return lock_outs(self.files["dvc.lock"])
+        if DVC_LOCK in self.files:
+            return lock_outs(self.files[DVC_LOCK])
         return {key[len("mesa.dvc."):]: value for key, value in self.tags.items() if key.startswith("mesa.dvc.")}
 
 
@@ -240,21 +242,21 @@ def check_faithful(project_dir: str | Path, lineage: Lineage) -> list[str]:
         diff = record.get("diff") or "no lineage git.diff: trained before lineage snapshots"
         problems.append(f"{where}: {why} (diff: {diff}), so the code that ran is not in the record. Commit "
                         "before training (or retrain with this version of mesa, which records the diff).")
-    params_text = lineage.files.get("params.yaml") or git_show(project_dir, commit, "params.yaml")
+    params_text = lineage.files.get(PARAMS_FILE) or git_show(project_dir, commit, PARAMS_FILE)
     recorded_hash = record.get("params_hash") or lineage.tags.get("mesa.params_hash")
     if params_text is None:
         problems.append(f"{where}: no params.yaml in the lineage or at commit {commit}.")
     elif recorded_hash and _params_hash(params_text) != recorded_hash:
-        source = "its lineage params.yaml" if "params.yaml" in lineage.files else f"params.yaml at commit {commit}"
+        source = "its lineage params.yaml" if PARAMS_FILE in lineage.files else f"params.yaml at commit {commit}"
         problems.append(f"{where}: {source} hashes to {_params_hash(params_text)}, but the run recorded params "
                         f"hash {recorded_hash}: the parameters that ran are not these. "
                         + ("The lineage artifact was changed after training; restore it from a backup."
-                           if "params.yaml" in lineage.files else
+                           if PARAMS_FILE in lineage.files else
                            "The params were not committed and the run predates lineage snapshots."))
-    if "dvc.lock" not in lineage.files:
-        committed = lock_outs(git_show(project_dir, commit, "dvc.lock"))
+    if DVC_LOCK not in lineage.files:
+        committed = lock_outs(git_show(project_dir, commit, DVC_LOCK))
         differ = {out: (committed.get(out), digest) for out, digest in lineage.recorded_outs().items()
-                  if committed.get(out) != digest and not under(out, [MODEL_OUT]) and not out.startswith("reports/")}
+                  if committed.get(out) != digest and not under(out, [MODEL_OUT, REPORTS_DIR.as_posix()])}
         if differ:
             listed = ("it has none" if not committed else "; ".join(
                 f"{out}: committed {a}, recorded {b}" for out, (a, b) in sorted(differ.items())))
@@ -349,7 +351,7 @@ def _rebuild_in(root: Path, tree: Path, lineage: Lineage, client: Any, until: st
         git(tree, "apply", "--binary", "--whitespace=nowarn", str(patch))
         patch.unlink()
         log("[rebuild] 2. applied the recorded uncommitted changes (lineage git.diff)")
-    for name in ("params.yaml", "dvc.lock"):
+    for name in (PARAMS_FILE, DVC_LOCK):
         if name in lineage.files:
             (tree / name).write_text(lineage.files[name], encoding="utf-8")
     source = f"lineage {lineage.segment}" if lineage.segment else "the commit and the run's tags"
@@ -358,7 +360,9 @@ def _rebuild_in(root: Path, tree: Path, lineage: Lineage, client: Any, until: st
     # 3. DVC: the project's remote, verified downloads, a cache of the worktree's own.
     from components.params import load_params
 
-    settings = remote_settings(root, remote or (load_params(tree).get("versioning") or {}).get("remote"))
+    # Unchecked: the recorded params.yaml belongs to the recorded code, not to this schema version.
+    recorded = load_params(tree, validate=False)
+    settings = remote_settings(root, remote or (recorded.get("versioning") or {}).get("remote"))
     configure_local(tree, remote=settings, verify=True)
     upstream, target = _stages(root, tree, until)
     train_upstream, _ = pipeline_of(tree, DEFAULT_UNTIL) if until != DEFAULT_UNTIL else (upstream, target)
@@ -398,7 +402,7 @@ def _rebuild_in(root: Path, tree: Path, lineage: Lineage, client: Any, until: st
     log(f"[rebuild] 4. dvc repro --force --no-run-cache {until}: {', '.join(sorted(rerun))}")
     run_command(dvc_command("repro", "--force", "--no-run-cache", until), tree, env=_stage_env(env, tree), log=log,
                 prefix="[rebuild]    ")
-    rebuilt = lock_outs((tree / "dvc.lock").read_text())
+    rebuilt = lock_outs((tree / DVC_LOCK).read_text())
     for out, check in checks.items():
         if any(out in stage.outs for stage in upstream) or out in target.outs:
             check.rebuilt = rebuilt.get(out)
@@ -432,8 +436,8 @@ def _stage_env(base: Mapping[str, str] | None, tree: Path) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])])
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     # The rebuild's training run must not land in the team's store next to the real one.
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tree / 'mlruns.db'}"
-    for name in ("MESA_MLFLOW_PARENT_RUN_ID", "MESA_MLFLOW_RUN_TAGS"):
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tree / MLFLOW_DB}"
+    for name in (MLFLOW_PARENT_RUN_ENV, MLFLOW_RUN_TAGS_ENV):
         env.pop(name, None)
     return env
 

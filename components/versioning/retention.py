@@ -36,12 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.layout import CHECKPOINTS_DIR, DVC_FILE, DVC_LOCK, PARAMS_FILE, RUN_RECORD
 from components.tracking.lineage import SNAPSHOT_DIR, SNAPSHOT_RECORD
 from components.versioning.dvc_git import (Log, cache_dir, configure_local, dvc_command, git_show, human_bytes,
                                            object_path, remote_settings, run_command, tree_size)
 
-CHECKPOINTS_DIR = "models/checkpoints"
-RUN_RECORD = "models/train_run.json"
 _ACTIVE_STATUSES = {"RUNNING", "SCHEDULED"}
 _REMOVING = re.compile(r"^Removing (.+)$")
 _REMOVED = re.compile(r"^Removed (\d+) objects from")
@@ -337,7 +336,7 @@ def _checkpoint_runs(folder: Path) -> list[str]:
 def _kept_lineages(root: Path, client: Any, kept: list[RunEntry], notes: list[str]) -> list[LineageLock]:
     """One DVC snapshot per distinct lineage of the kept runs (each segment of each run)."""
     found: dict[tuple[str, str, str], LineageLock] = {}
-    current_yaml, current_params = (root / "dvc.yaml").read_text(), (root / "params.yaml").read_text()
+    current_yaml, current_params = (root / DVC_FILE).read_text(), (root / PARAMS_FILE).read_text()
     with tempfile.TemporaryDirectory(prefix="mesa-gc-lineage-") as scratch:
         for run in kept:
             segments = []
@@ -345,28 +344,28 @@ def _kept_lineages(root: Path, client: Any, kept: list[RunEntry], notes: list[st
                 segments = [e.path for e in client.list_artifacts(run.run_id, SNAPSHOT_DIR) if e.is_dir]
             for segment in segments:
                 local = Path(client.download_artifacts(run.run_id, segment, scratch))
-                if not (local / "dvc.lock").is_file():
+                if not (local / DVC_LOCK).is_file():
                     continue
                 record_file = local / SNAPSHOT_RECORD
                 record = json.loads(record_file.read_text()) if record_file.is_file() else {}
                 commit = str(record.get("git_commit") or "unknown")
-                dvc_yaml = git_show(root, commit, "dvc.yaml") if commit != "unknown" else None
+                dvc_yaml = git_show(root, commit, DVC_FILE) if commit != "unknown" else None
                 if dvc_yaml is None:
                     notes.append(f"run {run.run_id[:12]} {segment}: its commit's dvc.yaml is not here; its data is "
                                  "matched against the current dvc.yaml")
-                params = (local / "params.yaml").read_text() if (local / "params.yaml").is_file() else current_params
-                key = (dvc_yaml or current_yaml, params, (local / "dvc.lock").read_text())
+                params = (local / PARAMS_FILE).read_text() if (local / PARAMS_FILE).is_file() else current_params
+                key = (dvc_yaml or current_yaml, params, (local / DVC_LOCK).read_text())
                 found.setdefault(key, LineageLock(f"run {run.run_id[:12]} {segment}", *key))
             if segments:
                 continue
             commit = _tag(client, run.run_id, "mesa.git_commit")
-            lock = git_show(root, commit, "dvc.lock") if commit else None
+            lock = git_show(root, commit, DVC_LOCK) if commit else None
             if lock and run.keep and run.keep.startswith("registered"):
                 notes.append(f"run {run.run_id[:12]} ({run.keep}) has no lineage snapshot: its data is kept as "
                              f"dvc.lock at commit {commit[:12]} names it, which may not be what it trained on")
             if lock:
-                key = (git_show(root, commit, "dvc.yaml") or current_yaml,
-                       git_show(root, commit, "params.yaml") or current_params, lock)
+                key = (git_show(root, commit, DVC_FILE) or current_yaml,
+                       git_show(root, commit, PARAMS_FILE) or current_params, lock)
                 found.setdefault(key, LineageLock(f"run {run.run_id[:12]} commit {commit[:12]}", *key))
             elif run.keep and run.keep.startswith("registered"):
                 notes.append(f"run {run.run_id[:12]} ({run.keep}) has no lineage snapshot and its commit no "
@@ -400,7 +399,7 @@ def snapshot_projects(root: Path, lineages: list[LineageLock], remote: str | Non
             (folder / ".dvc").mkdir(parents=True)
             # What `dvc init --no-scm` writes, without its banner for every kept lineage.
             (folder / ".dvc" / "config").write_text("[core]\n    no_scm = True\n")
-            for name, text in zip(("dvc.yaml", "params.yaml", "dvc.lock"), (lineage.dvc_yaml, lineage.params,
+            for name, text in zip((DVC_FILE, PARAMS_FILE, DVC_LOCK), (lineage.dvc_yaml, lineage.params,
                                                                             lineage.lock)):
                 (folder / name).write_text(text, encoding="utf-8")
             configure_local(folder, remote=remote_config, cache=cache)

@@ -6,8 +6,9 @@ from pathlib import Path
 from prefect import flow
 
 from components.atomic import write_json_atomic
+from components.layout import CAPTIONS_FILE, CAPTIONS_REPORT, CURATED_INDEX
 from components.params import load_params
-from flows.stages.common import CAPTIONS_DIR, CURATED_DIR, REPORTS_DIR, relative_to_project
+from flows.stages.common import relative_to_project
 
 
 @flow(name="stage-captions")
@@ -21,7 +22,7 @@ def captions_stage_flow(project_dir: str) -> dict:
 
     root = Path(project_dir)
     params = load_params(root)
-    index = pd.read_parquet(root / CURATED_DIR / "index.parquet")
+    index = pd.read_parquet(root / CURATED_INDEX)
     # Layer files named relative to the project resolve against it, wherever the stage runs.
     layers = {role: ({**spec, "path": str(root / spec["path"])} if isinstance(spec, dict) and "path" in spec
                      and not Path(spec["path"]).is_absolute() else spec)
@@ -34,10 +35,10 @@ def captions_stage_flow(project_dir: str) -> dict:
     provenance = {k: relative_to_project(str(v), root) for k, v in descriptors.attrs.get("layers", {}).items()}
     notes = [relative_to_project(n, root) for n in descriptors.attrs.get("notes", [])]
     descriptors.attrs = {}
-    out = root / CAPTIONS_DIR / "captions.parquet"
+    out = root / CAPTIONS_FILE
     atomic_write(out, lambda tmp: descriptors.to_parquet(tmp, index=False))
     report = {**descriptor_summary(descriptors), "layers": provenance, "notes": notes}
-    write_json_atomic(root / REPORTS_DIR / "captions.json", report)
+    write_json_atomic(root / CAPTIONS_REPORT, report)
     for caption in descriptors["caption"].head(3):
         print(f"[captions] e.g. {caption!r}", flush=True)
     print(f"[captions] {len(descriptors)} cells described -> {out}", flush=True)

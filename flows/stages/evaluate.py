@@ -5,8 +5,16 @@ from pathlib import Path
 
 from prefect import flow
 
-from components.params import load_params
-from flows.stages.common import MODELS_DIR, REPORTS_DIR, SAMPLES_DIR
+from components.layout import (
+    METRICS_REPORT,
+    PIPELINE_DIR,
+    REPORTS_DIR,
+    RUN_RECORD,
+    SAMPLE_STATS,
+    SAMPLES_DIR,
+    TRAIN_REPORT,
+)
+from components.params import load_config, load_params
 
 
 @flow(name="stage-evaluate")
@@ -19,15 +27,16 @@ def evaluate_stage_flow(project_dir: str, model: str | None = None, compare_with
     from components.tracking.models import load_pipeline
 
     root = Path(project_dir)
-    params = load_params(root)
-    model = model or "models/pipeline"
-    stats = json.loads((root / SAMPLES_DIR / "stats.json").read_text())
+    config, params = load_config(root), load_params(root)
+    model = model or PIPELINE_DIR.as_posix()
+    stats = json.loads((root / SAMPLE_STATS).read_text())
     others = {label: load_pipeline(label, root) for label in (compare_with or [])}
     report = run_evaluation(load_pipeline(model, root), sorted((root / SAMPLES_DIR).glob("*.parquet")), stats,
-                            EvaluateParams.from_params(params.get("evaluate") or {}),
+                            EvaluateParams.from_config(config.evaluate),
                             Path(reports_dir) if reports_dir else root / REPORTS_DIR, model,
+                            # as written: the thresholds are part of the evaluation fingerprint
                             compare_with=others, landform_thresholds=params["captions"].get("landform_thresholds"),
-                            shadow=bool(params["shadow"]["enabled"]),
+                            shadow=config.shadow.enabled,
                             progress=lambda line: print(line, flush=True))
     if reports_dir is None:
         _log_evaluation(root, model, report)
@@ -38,19 +47,19 @@ def _log_evaluation(root: Path, model: str, report: dict) -> None:
     """Metrics and grids onto the MLflow run that trained models/pipeline (when it is known)."""
     import json
 
-    from components.tracking.runs import RunLogger
+    from components.tracking.run_logger import RunLogger
 
-    record = root / MODELS_DIR / "train_run.json"
-    if model != "models/pipeline" or not record.exists():
+    record = root / RUN_RECORD
+    if model != PIPELINE_DIR.as_posix() or not record.exists():
         print("[evaluate] not logged to MLflow: no training run recorded for this model", flush=True)
         return
     run_id = json.loads(record.read_text())["run_id"]
     tracker = RunLogger.resume(run_id, root, system_metrics=False)
     values = {f"eval/{k}": v["value"] for k, v in report["metrics"].items() if v["value"] is not None}
-    step = int(json.loads((root / REPORTS_DIR / "train.json").read_text()).get("step", 0))
+    step = int(json.loads((root / TRAIN_REPORT).read_text()).get("step", 0))
     tracker.log_metrics(values, step=step)
     for path in report["grids"].values():
         tracker.log_artifact(path, "evaluation")
-    tracker.log_artifact(str(root / REPORTS_DIR / "metrics.json"), "evaluation")
+    tracker.log_artifact(str(root / METRICS_REPORT), "evaluation")
     tracker.finish()
     print(f"[evaluate] logged to MLflow run {run_id}", flush=True)

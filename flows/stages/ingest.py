@@ -13,8 +13,9 @@ from pathlib import Path
 from prefect import flow
 
 from components.atomic import write_json_atomic, write_text_atomic
-from components.params import load_params
-from flows.stages.common import REPORTS_DIR, SYNTH_OUT, relative_to_project
+from components.layout import INGEST_REPORT
+from components.params import load_config
+from flows.stages.common import relative_to_project
 
 NOTE_FILE = "SOURCE.txt"
 
@@ -22,35 +23,30 @@ NOTE_FILE = "SOURCE.txt"
 @flow(name="stage-ingest")
 def ingest_stage_flow(project_dir: str) -> dict:
     """Fetch the subset params `data.ingest` describes (or leave a note when data.source is not ingest)."""
-    from components.majortom.ingest import IngestConfig, failure_verdict, run_ingest, summary_line
+    from components.majortom.ingest import failure_verdict, run_ingest, summary_line
 
     root = Path(project_dir)
-    data = load_params(root)["data"]
-    source, raw_dir = data["source"], Path(data["raw_dir"])
-    config = IngestConfig(**(data.get("ingest") or {}))
+    # The params check (components/config/data.py) keeps out_dir out of data/raw and, with
+    # source ingest, makes raw_dir out_dir.
+    data = load_config(root).data
+    source, config = data.source, data.ingest
     out_dir = Path(config.out_dir)
     out = root / out_dir
-    if out_dir == SYNTH_OUT or SYNTH_OUT in out_dir.parents:
-        raise SystemExit(f"data.ingest.out_dir is {out_dir}, inside {SYNTH_OUT} (the synth stage's output): "
-                         "choose another folder, e.g. data/majortom")
     if source != "ingest":
         # Earlier ingested shards stay (a persistent out): switching back to ingest costs nothing.
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / NOTE_FILE, f"data.source is {source}: the ingest stage fetched nothing. Set "
                                            f"data.source: ingest and data.raw_dir: {out_dir} to ingest Major TOM.\n")
-        write_json_atomic(root / REPORTS_DIR / "ingest.json", {"source": source, "ingested": False})
+        write_json_atomic(root / INGEST_REPORT, {"source": source, "ingested": False})
         print(f"[ingest] data.source is {source}: nothing to fetch (note in {out_dir}/{NOTE_FILE})", flush=True)
         return {"source": source, "ingested": False}
-    if raw_dir != out_dir:
-        raise SystemExit(f"data.source is ingest but data.raw_dir is {raw_dir}, not data.ingest.out_dir "
-                         f"({out_dir}): set data.raw_dir: {out_dir} so later stages read what ingest writes")
     (out / NOTE_FILE).unlink(missing_ok=True)
     report = run_ingest(config, out, base_dir=root, progress=True)
     # Metrics are versioned by DVC: what the data is, not how long it took; no machine's paths.
     metrics = {k: v for k, v in report.items() if k != "seconds"}
     metrics["failures"] = [{**f, "error": relative_to_project(f["error"], root)} for f in metrics["failures"]]
     metrics.update(source=source, ingested=True)
-    write_json_atomic(root / REPORTS_DIR / "ingest.json", metrics)
+    write_json_atomic(root / INGEST_REPORT, metrics)
     print(summary_line(report, out_dir) + f" in {report['seconds']:.1f} s", flush=True)
     verdict = failure_verdict(report, config.max_failed_share)
     if verdict:

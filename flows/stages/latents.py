@@ -6,8 +6,9 @@ from pathlib import Path
 from prefect import flow
 
 from components.atomic import atomic_folder, recover_folder
-from components.params import load_params
-from flows.stages.common import LATENTS_DIR, MODELS_DIR, SAMPLES_DIR, progress_printer
+from components.layout import LATENTS_DIR, SAMPLE_STATS, SAMPLES_DIR, VAE_DIR
+from components.params import load_config
+from components.progress import progress_printer
 
 
 @flow(name="stage-latents")
@@ -17,25 +18,25 @@ def latents_stage_flow(project_dir: str) -> dict:
 
     from diffusers import AutoencoderKL
 
-    from components.samples.latents import encode_samples_to_latents, write_disabled_manifest
+    from components.samples.latents.encode import encode_samples_to_latents, write_disabled_manifest
 
     root = Path(project_dir)
-    params = load_params(root)
+    config = load_config(root)
     out = root / LATENTS_DIR
-    if not params["latents"]["enabled"]:
+    if not config.latents.enabled:
         with atomic_folder(out) as staging:
             write_disabled_manifest(staging)
         print("[latents] latents.enabled is false: the trainer encodes on the fly", flush=True)
         return {"enabled": False}
-    for folder in (root / SAMPLES_DIR, root / MODELS_DIR / "vae"):
+    for folder in (root / SAMPLES_DIR, root / VAE_DIR):
         recover_folder(folder)  # a stage killed mid-swap left only <folder>.old
-    stats = json.loads((root / SAMPLES_DIR / "stats.json").read_text())
-    vae = AutoencoderKL.from_pretrained(str(root / MODELS_DIR / "vae"), local_files_only=True)
+    stats = json.loads((root / SAMPLE_STATS).read_text())
+    vae = AutoencoderKL.from_pretrained(str(root / VAE_DIR), local_files_only=True)
     shards = sorted(str(p) for p in (root / SAMPLES_DIR).glob("*.parquet"))
     # The old cache stays complete until the new one is swapped in.
     with atomic_folder(out) as staging:
         report = encode_samples_to_latents(shards, vae, staging, dem_scale_m=stats["dem_scale_m"],
-                                           batch_size=int(params["latents"]["batch_size"]),
+                                           batch_size=config.latents.batch_size,
                                            progress=progress_printer("latents"))
     print(f"[latents] {report.get('samples')} samples -> {out}", flush=True)
     return report

@@ -7,8 +7,8 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from components.atomic import atomic_folder, recover_folder, write_json_atomic
-from components.params import load_params
-from flows.stages.common import CAPTIONS_DIR, CURATED_DIR, REPORTS_DIR, SAMPLES_DIR
+from components.layout import CAPTIONS_FILE, CURATED_INDEX, PREPARE_REPORT, SAMPLE_STATS, SAMPLES_DIR
+from components.params import load_config
 
 
 @task(task_run_name="prepare {label}", cache_policy=NO_CACHE)
@@ -29,15 +29,14 @@ def prepare_stage_flow(project_dir: str) -> dict:
     from components.samples.split import assign_split
 
     root = Path(project_dir)
-    params = load_params(root)
-    recover_folder(root / params["data"]["raw_dir"])  # a synth stage killed mid-swap left only data/raw.old
-    settings = params["prepare"]
-    prepare = PrepareParams.from_params(settings, params["validate"]["cloud_classes"])
-    index = absolute_shard_paths(pd.read_parquet(root / CURATED_DIR / "index.parquet"), root)
-    descriptors = pd.read_parquet(root / CAPTIONS_DIR / "captions.parquet")
-    splits = dict(zip(index["grid_cell"], assign_split(index["grid_cell"], settings["test_share"],
-                                                        settings["split_salt"])))
-    dem_scale = sample_stats.dem_scale(index, splits, settings["dem_scale_m"])
+    config = load_config(root)
+    recover_folder(root / config.data.raw_dir)  # a synth stage killed mid-swap left only data/raw.old
+    settings = config.prepare
+    prepare = PrepareParams.from_config(settings, config.validate.cloud_classes)
+    index = absolute_shard_paths(pd.read_parquet(root / CURATED_INDEX), root)
+    descriptors = pd.read_parquet(root / CAPTIONS_FILE)
+    splits = dict(zip(index["grid_cell"], assign_split(index["grid_cell"], settings.test_share, settings.split_salt)))
+    dem_scale = sample_stats.dem_scale(index, splits, settings.dem_scale_m)
 
     out = root / SAMPLES_DIR
     groups = list(iter_groups(index))
@@ -50,9 +49,9 @@ def prepare_stage_flow(project_dir: str) -> dict:
                                      out=[str(staging / f"{label}.parquet") for label in labels])
         results = [f.result() for f in futures]
         stats = sample_stats.summarise(results, index, descriptors, splits, prepare, dem_scale)
-        sample_stats.write_stats(staging / "stats.json", stats)
+        sample_stats.write_stats(staging / SAMPLE_STATS.name, stats)
     report = {k: stats[k] for k in ("samples", "rejected", "dem_scale_m", "dem_clipped_share", "l1c_missing")}
-    write_json_atomic(root / REPORTS_DIR / "prepare.json", report)
+    write_json_atomic(root / PREPARE_REPORT, report)
     print(f"[prepare] {stats['samples']} samples ({stats['splits']}) in {len(results)} shards, "
           f"{len(stats['rejected_cells'])} cells rejected, DEM scale {dem_scale:g} m "
           f"(clipped {stats['dem_clipped_share']:.2%}) -> {out}", flush=True)

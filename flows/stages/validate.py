@@ -7,8 +7,9 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from components.atomic import recover_folder
-from components.params import load_params
-from flows.stages.common import CURATED_DIR, REPORTS_DIR, relative_to_project
+from components.layout import CURATED_DIR, CURATION_REPORT, VALIDATION_DIR
+from components.params import load_config, load_params
+from flows.stages.common import relative_to_project
 
 
 @task(task_run_name="measure {label}", cache_policy=NO_CACHE)
@@ -24,19 +25,21 @@ def validate_stage_flow(project_dir: str) -> dict:
     import pandas as pd
 
     from components.curation import curate
-    from components.curation.contracts import (DEFAULT_CONTRACT_PARAMS, build_data_docs, get_context,
-                                               metadata_suite, row_failures, stats_suite, validate_table)
+    from components.curation.contracts.suites import DEFAULT_CONTRACT_PARAMS, metadata_suite, stats_suite
+    from components.curation.contracts.validation import build_data_docs, get_context, row_failures, validate_table
     from components.curation.filters import apply_filters
     from components.majortom.shards import drop_duplicate_cells
 
     root = Path(project_dir)
-    params = load_params(root)
-    settings = params["validate"]
+    config = load_config(root)
+    # contract and filters as written: a key left out keeps the component's default, a null rule is off
+    settings = load_params(root)["validate"]
     contract_params = {**DEFAULT_CONTRACT_PARAMS, **(settings.get("contract") or {})}
     curated = root / CURATED_DIR
-    validation = curated / "validation"
-    recover_folder(root / params["data"]["raw_dir"])  # a synth stage killed mid-swap left only data/raw.old
-    sources = curate.read_sources(root / params["data"]["raw_dir"])
+    validation = root / VALIDATION_DIR
+    raw_dir = root / config.data.raw_dir
+    recover_folder(raw_dir)  # a synth stage killed mid-swap left only data/raw.old
+    sources = curate.read_sources(raw_dir)
     context = get_context(validation)  # a file context: results and Data Docs stay inspectable
     rejects = []
 
@@ -55,7 +58,7 @@ def validate_stage_flow(project_dir: str) -> dict:
     groups = curate.shard_groups(pairing)
     labels = [Path(g["s2l2a_shard"].iloc[0]).name for g in groups]
     results = [f.result() for f in _measure_shard.map(label=labels, cells=groups,
-                                                       cloud_classes=unmapped(list(settings["cloud_classes"])))]
+                                                       cloud_classes=unmapped(list(config.validate.cloud_classes)))]
     stats = pd.concat([frame for frame, _ in results], ignore_index=True)
     unreadable = curate.reader_rejects([row for _, rows in results for row in rows])
     rejects.append(unreadable)
@@ -78,7 +81,7 @@ def validate_stage_flow(project_dir: str) -> dict:
     index = curate.relative_shard_paths(index, root)
     rejected["details"] = [[relative_to_project(d, root) for d in details] for details in rejected["details"]]
     report = curate.curation_report(sources, index, rejected)
-    curate.write_outputs(curated, index, rejected, report, root / REPORTS_DIR / "curation.json")
+    curate.write_outputs(curated, index, rejected, report, root / CURATION_REPORT)
     docs = build_data_docs(validation)
     print(f"[validate] kept {report['kept_cells']} of {report['input_cells']} cells; rejected per reason: "
           f"{report['rejected_per_reason']} -> {curated}/index.parquet, rejected.parquet; "

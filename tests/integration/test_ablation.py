@@ -40,7 +40,7 @@ def ablated(tmp_path_factory, prefect_api):
     """A micro project in a fresh git repo, ablated twice; what each run returned and saw."""
     from mlflow import MlflowClient
 
-    from components.tracking.runs import tracking_uri
+    from components.tracking.store import tracking_uri
     from flows.ablation import ablation_flow
 
     assert not os.environ.get("MLFLOW_TRACKING_URI"), "the test logs to the project's own SQLite store"

@@ -12,9 +12,9 @@ from tests.conftest import PROJECT_ROOT
 def test_evaluate_writes_metrics_report_and_grids_for_an_untrained_model(prepared_project, tmp_path):
     from components.evaluation.grids import TABLE2_CAPTIONS
     from components.evaluation.metrics import metric_directions
-    from components.model.pipeline import tiny_random_pipeline
     from components.params import load_params
     from flows.stages.evaluate import evaluate_stage_flow
+    from testsupport.pipelines import tiny_random_pipeline
 
     base, _ = prepared_project
     project = tmp_path / "p"

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from components.majortom.http_mirror import MirrorServer
 from tests.conftest import make_micro_project
+from testsupport.http_mirror import MirrorServer
 
 
 def _dvc(root, *args, env):

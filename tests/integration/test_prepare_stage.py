@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from components.majortom.synthetic.render import sun_position
-from components.majortom.synthetic.terrain import hillshade
+from components.radiometry.hillshade import hillshade
 from components.radiometry.normalise import decode_rgb, denormalise_dem
 from components.samples.shards import read_sample_shard
 
@@ -61,8 +61,8 @@ def test_shadow_corrected_images_keep_the_shading_plain_l2a_flattens(prepared):
         if sample["grid_cell"] not in mountains.index or sample["mask"].mean() < 0.5:
             continue
         cell = mountains.loc[sample["grid_cell"]]
-        azimuth, altitude = sun_position(cell["centre_lat"], cell["acquired"].month)  # that scene's sun
-        shade = hillshade(sample["dem"], 7680.0 / sample["dem"].shape[0], azimuth, altitude)
+        sun = sun_position(cell["centre_lat"], cell["acquired"].month)  # that scene's sun
+        shade = hillshade(sample["dem"], 7680.0 / sample["dem"].shape[0], sun)
         valid = sample["mask"] > 0
         plain = decode_rgb(sample["rgb"], rule["gain"], rule["gamma"]).mean(axis=-1)
         corrected = decode_rgb(sample["rgb_shadow"], rule["gain"], rule["gamma"]).mean(axis=-1)

@@ -44,9 +44,9 @@ def project(tmp_path_factory, prefect_api):
 
 
 def _client(project):
-    from components.tracking.runs import _client_for
+    from components.tracking.store import mlflow_client
 
-    return _client_for(project, None)[1]
+    return mlflow_client(project)
 
 
 def _mesa(project, *args: str):

@@ -28,11 +28,36 @@ def project(tmp_path_factory, recorded_imports):
 
     While the module's tests run, stage processes record their imports (MESA_RECORD_IMPORTS).
     """
-    from flows.settings import RECORD_IMPORTS_ENV
+    from components.layout import RECORD_IMPORTS_ENV
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(RECORD_IMPORTS_ENV, str(recorded_imports))
         yield _fresh_project(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def first_run(project, prefect_api):
+    """The project's first retrain (every stage, version 1), and what it left, read right after it:
+    later tests change the project (train longer, promote, roll back), in whatever order they run.
+
+    Cost: one full micro retrain, about 2.5 minutes on 2 cores.
+    """
+    from flows.retrain import retrain
+
+    state = retrain(project_dir=str(project), return_state=True)
+    client = _registry_client(project)
+    version = client.get_model_version("mesa", "1")
+    read = lambda relative: json.loads((project / relative).read_text())  # noqa: E731
+    return {
+        "state": state, "outcome": state.result(), "lock": yaml.safe_load((project / "dvc.lock").read_text()),
+        "lock_outs": _lock_outs(project), "weights": _weights_digest(project / "models/pipeline"),
+        "synth": read("reports/synth.json"), "curation": read("reports/curation.json"), "vae": read("reports/vae.json"),
+        "latents": read("data/latents/manifest.json"), "train_run": read("models/train_run.json"),
+        "metrics": read("reports/metrics.json"), "v1_aliases": set(version.aliases), "v1_tags": dict(version.tags),
+        "files": {relative: (project / relative).exists() for relative in (
+            "data/raw/s2l2a/metadata.parquet", "data/captions/captions.parquet", "models/pipeline/dem_rule.json",
+            "reports/eval.md", "reports/eval/seed_variability.png")},
+    }
 
 
 def _fresh_project(tmp_path_factory):
@@ -52,22 +77,18 @@ def _subflows(parent_flow_run_id):
     return runs
 
 
-def test_retrain_runs_the_stages_then_skips_them_when_nothing_changed(project, prefect_api):
-    from flows.retrain import retrain
-
-    state = retrain(project_dir=str(project), return_state=True)
-    outcome = state.result()
+def test_the_first_retrain_runs_every_stage_registers_and_promotes(project, first_run):
+    outcome = first_run["outcome"]
     assert [(r["stage"], r["ran"]) for r in outcome["stages"]] == [(s, True) for s in STAGES]
 
-    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    lock = first_run["lock"]
     assert lock["stages"]["synth"]["params"]["params.yaml"]["synth"]["cells"] == 24  # the micro profile
     assert any(out["path"] == "data/raw" for out in lock["stages"]["synth"]["outs"])
-    report = json.loads((project / "reports" / "synth.json").read_text())
-    assert report["cells_good"] == 24 and report["cells_broken"] == 6
-    assert (project / "data/raw/s2l2a/metadata.parquet").exists()
+    assert first_run["synth"]["cells_good"] == 24 and first_run["synth"]["cells_broken"] == 6
+    assert all(first_run["files"].values()), first_run["files"]
 
     # Each stage's own flow ran in its DVC subprocess, on the same server, as a subflow of the run.
-    subflows = _subflows(state.state_details.flow_run_id)
+    subflows = _subflows(first_run["state"].state_details.flow_run_id)
     assert sorted(f.name for f in subflows) == sorted(f"stage-{s}" for s in STAGES)
     assert all(f.state.is_completed() for f in subflows)
     from prefect.client.orchestration import get_client
@@ -79,46 +100,53 @@ def test_retrain_runs_the_stages_then_skips_them_when_nothing_changed(project, p
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[synth_run.id])), task_run_filter=TaskRunFilter())
     assert sum(t.name.startswith("synth shard") for t in shard_tasks) == 4  # 30 cells / 8 per shard
 
-    curation = json.loads((project / "reports" / "curation.json").read_text())
-    assert curation["kept_cells"] == 24 and curation["rejected_cells"] == 6
-    assert (project / "data/captions/captions.parquet").exists()
+    assert first_run["curation"]["kept_cells"] == 24 and first_run["curation"]["rejected_cells"] == 6
     # The model side: a trained VAE, cached latents, a pipeline folder and its MLflow run.
-    assert json.loads((project / "reports" / "vae.json").read_text())["source"] == "trained"
-    assert json.loads((project / "data/latents/manifest.json").read_text())["enabled"] is True
-    assert (project / "models/pipeline/dem_rule.json").exists()
-    assert json.loads((project / "models/train_run.json").read_text())["run_id"]
+    assert first_run["vae"]["source"] == "trained"
+    assert first_run["latents"]["enabled"] is True
+    assert first_run["train_run"]["run_id"]
     # Evaluation of the trained micro model: metrics with directions, the report, the grids.
-    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    metrics = first_run["metrics"]
     assert metrics["metrics"]["landform_balanced_accuracy"]["direction"] == "higher_is_better"
-    assert (project / "reports/eval.md").exists() and (project / "reports/eval/seed_variability.png").exists()
 
     # After the stages: data pushed, the pipeline registered (alias challenger) and, being the
     # first model and passing the (empty) floors, promoted to champion.
     assert outcome["pushed"]["pushed"] and any((project / "dvc-remote").rglob("*"))
     registration = outcome["registration"]
     assert registration["new"] and registration["version"] == 1
-    assert registration["run_id"] == json.loads((project / "models/train_run.json").read_text())["run_id"]
+    assert registration["run_id"] == first_run["train_run"]["run_id"]
     assert outcome["promotion"]["promoted"] and outcome["promotion"]["champion"] == 1
-    client = _registry_client(project)
-    version = client.get_model_version("mesa", "1")
-    assert set(version.aliases) == {"challenger", "champion"}
-    assert version.tags["metric.heldout_denoising_loss.direction"] == "lower_is_better"
-    assert version.tags["mesa.evaluation_fingerprint"] == metrics["evaluation_fingerprint"]
+    assert first_run["v1_aliases"] == {"challenger", "champion"}
+    assert first_run["v1_tags"]["metric.heldout_denoising_loss.direction"] == "lower_is_better"
+    assert first_run["v1_tags"]["mesa.evaluation_fingerprint"] == metrics["evaluation_fingerprint"]
 
+
+def test_a_retrain_with_nothing_changed_skips_every_stage_and_registers_nothing(project, first_run):
+    from flows.retrain import retrain
+
+    client = _registry_client(project)
+    versions = len(client.search_model_versions("name = 'mesa'"))
+    retrain(project_dir=str(project))  # whatever an earlier test changed is made current first
     again = retrain(project_dir=str(project))
-    assert [(r["stage"], r["ran"]) for r in again["stages"]] == [(s, False) for s in STAGES]
+    assert [(r["stage"], r["outcome"]) for r in again["stages"]] == [(s, "skipped") for s in STAGES]
     assert again["registration"]["new"] is False and again["promotion"] is None  # nothing new
-    assert len(client.search_model_versions("name = 'mesa'")) == 1
+    assert len(client.search_model_versions("name = 'mesa'")) <= versions + 1
     status = subprocess.run(["dvc", "status"], cwd=project, capture_output=True, text=True, check=True)
     assert "up to date" in status.stdout.lower()
 
+
+def test_the_shadow_switch_only_makes_training_and_evaluation_stale(project, first_run):
     # shadow.enabled is read by training (and the evaluation of its model) only: switching it
     # never touches the data stages or the VAE.
     committed = (project / "params.yaml").read_text()
-    set_params(project, shadow__enabled=False)
-    status = subprocess.run(["dvc", "status", "--json"], cwd=project, capture_output=True, text=True, check=True)
-    (project / "params.yaml").write_text(committed)
-    assert set(json.loads(status.stdout)) == {"train", "evaluate"}
+    try:
+        before = set(json.loads(subprocess.run(["dvc", "status", "--json"], cwd=project, capture_output=True,
+                                                text=True, check=True).stdout))
+        set_params(project, shadow__enabled=not yaml.safe_load(committed)["shadow"]["enabled"])
+        status = subprocess.run(["dvc", "status", "--json"], cwd=project, capture_output=True, text=True, check=True)
+    finally:
+        (project / "params.yaml").write_text(committed)
+    assert set(json.loads(status.stdout)) - before == {"train", "evaluate"} - before
 
 
 def _module_name(file: str) -> str:
@@ -127,7 +155,7 @@ def _module_name(file: str) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def test_every_stage_imported_only_its_dvc_yaml_code_deps(project, recorded_imports):
+def test_every_stage_imported_only_its_dvc_yaml_code_deps(project, first_run, recorded_imports):
     """What the stage processes of the first retrain really imported, against the static deps."""
     from components.devtools.stage_deps import cli_startup_files, direct_imports, is_code_entry
 
@@ -136,7 +164,7 @@ def test_every_stage_imported_only_its_dvc_yaml_code_deps(project, recorded_impo
     records = [json.loads(path.read_text()) for path in sorted(recorded_imports.glob("*.json"))]
     assert {r["label"] for r in records} == set(STAGES), (
         f"stages that recorded their imports in {recorded_imports}: {sorted({r['label'] for r in records})}; "
-        "this test needs the first test of this file (the full retrain) to run before it")
+        "the first_run fixture's retrain should have recorded every stage")
     # A `mesa stage` process also loads the CLI's modules (not deps), from the code it ran (the installed
     # checkout's, for the `mesa` on PATH).
     startup = {root: cli_startup_files(root) for root in {r for record in records for r in record["roots"]}}
@@ -172,7 +200,7 @@ def test_every_stage_imported_only_its_dvc_yaml_code_deps(project, recorded_impo
 
 
 @pytest.mark.parametrize("module", ["components/samples/dataset.py", "components/captions/builder.py"])
-def test_editing_code_that_training_runs_makes_dvc_rerun_train(project, module):
+def test_editing_code_that_training_runs_makes_dvc_rerun_train(project, first_run, module):
     """The trainer reads the dataset and augments captions at training time: an edit reruns train."""
     path = project / module
     original = path.read_text()
@@ -202,25 +230,25 @@ def _weights_digest(folder) -> str:
     return digest.hexdigest()
 
 
-def test_a_forced_retrain_from_scratch_gives_the_same_data_and_model(project, prefect_api, tmp_path_factory):
+def test_a_forced_retrain_from_scratch_gives_the_same_data_and_model(first_run, prefect_api, tmp_path_factory):
     from flows.retrain import retrain
 
     clone = _fresh_project(tmp_path_factory)
     outcome = retrain(project_dir=str(clone), force=True)
     assert all(stage["ran"] for stage in outcome["stages"])
-    first, second = _lock_outs(project), _lock_outs(clone)
+    first, second = first_run["lock_outs"], _lock_outs(clone)
     assert {"data/raw", "data/samples", "data/latents", "models/vae", "models/pipeline"} <= set(first)
     assert first == second  # every data and model hash, byte for byte
-    assert _weights_digest(project / "models/pipeline") == _weights_digest(clone / "models/pipeline")
+    assert first_run["weights"] == _weights_digest(clone / "models/pipeline")
 
 
 def _registry_client(project):
-    from components.tracking.runs import _client_for
+    from components.tracking.store import mlflow_client
 
-    return _client_for(project, None)[1]
+    return mlflow_client(project)
 
 
-def test_promotion_moves_champion_for_a_better_challenger_not_a_broken_one_then_rolls_back(project, prefect_api):
+def test_promotion_moves_champion_for_a_better_challenger_not_a_broken_one_then_rolls_back(project, first_run):
     from components.tracking.registry import CHALLENGER, CHAMPION, get_alias_version
     from flows.promote import promote_flow
     from flows.retrain import retrain
@@ -269,7 +297,7 @@ def test_promotion_moves_champion_for_a_better_challenger_not_a_broken_one_then_
         champion_v1.tags["metric.heldout_denoising_loss"])
 
 
-def test_a_failing_stage_fails_the_flow_and_names_the_stage(project, prefect_api, tmp_path):
+def test_a_failing_stage_fails_the_flow_and_names_the_stage(project, first_run, tmp_path):
     from flows.retrain import StageFailed, retrain
 
     broken = tmp_path / "broken"

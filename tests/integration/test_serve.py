@@ -35,10 +35,10 @@ def champion_store(tmp_path_factory):
     """(tracking URI, pipeline folder, folder to run in): a store whose ``mesa@champion`` is a tiny pipeline."""
     from mlflow import MlflowClient
 
-    from components.model.pipeline import tiny_random_pipeline
     from components.tracking.pyfunc import log_pipeline_model
     from components.tracking.registry import CHAMPION, register_pipeline, set_alias
-    from components.tracking.runs import ensure_experiment
+    from components.tracking.store import ensure_experiment
+    from testsupport.pipelines import tiny_random_pipeline
 
     root = tmp_path_factory.mktemp("serve-store")
     uri = f"sqlite:///{root / 'mlruns.db'}"
@@ -81,19 +81,13 @@ class Served:
         return self.log_path.read_text(errors="replace")[-chars:]
 
     def wait_healthy(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"the server exited with status {self.process.returncode} before answering "
-                            f"/health; its output:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=5) as answer:
-                    if answer.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.3)
-        pytest.fail(f"the server did not answer /health within {timeout_s} s; its output:\n{self.log_tail()}")
+        from components.ops.health import wait_until_healthy
+
+        try:
+            wait_until_healthy(f"{self.url}/health", timeout_s, exit_code=self.process.poll, label="mesa serve",
+                               details=lambda: f"its output:\n{self.log_tail()}")
+        except RuntimeError as err:
+            pytest.fail(str(err))
 
     def generate(self, rows: list[dict]) -> list[dict]:
         body = json.dumps({"dataframe_records": rows}).encode()

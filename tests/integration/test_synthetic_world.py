@@ -15,8 +15,9 @@ from components.majortom.schema import METADATA_SCHEMA, SHARD_SCHEMAS, SOURCES
 from components.majortom.shards import SHARD_DIR, pair_sources, read_metadata, read_shard
 from components.majortom.summary import summarise_world
 from components.majortom.synthetic.render import sun_position
-from components.majortom.synthetic.terrain import classify_landform, hillshade, landform_stats, upsample_dem
+from components.majortom.synthetic.terrain import classify_landform, landform_stats, upsample_dem
 from components.majortom.synthetic.world import BROKEN_KINDS, build_world
+from components.radiometry.hillshade import hillshade
 from tests.conftest import micro_synth_params
 
 # REFERENCE.md section 2, written out: the columns and their types, in order.
@@ -122,8 +123,8 @@ def test_l1c_keeps_the_terrain_shading_that_l2a_flattens(world):
     relief = manifest[manifest["broken"].isna() & manifest["landform"].isin(["hills", "low mountains", "high mountains"])]
     gaps, r_l1c_all = [], []
     for cell, lat, acquired in zip(relief["grid_cell"], relief["centre_lat"], relief["acquired"]):
-        azimuth, altitude = sun_position(lat, acquired.month)  # the sun of that acquisition
-        shade = hillshade(upsample_dem(dems[cell]["DEM"], 3), 10.0, azimuth, altitude)
+        sun = sun_position(lat, acquired.month)  # the sun of that acquisition
+        shade = hillshade(upsample_dem(dems[cell]["DEM"], 3), 10.0, sun)
         valid = (l2a[cell]["cloud_mask"] == 0) & (l2a[cell]["B04"] > 0)
         if valid.mean() < 0.3:
             continue

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from components.layout import TRAIN_TRACE_ENV
 from tests.conftest import PROJECT_ROOT
 
 
@@ -68,7 +69,7 @@ def test_training_learns_and_is_tracked(trained_inputs, tmp_path):
     import mlflow
     from mlflow import MlflowClient
 
-    from components.tracking.runs import tracking_uri
+    from components.tracking.store import tracking_uri
 
     project, params = new_project(trained_inputs, tmp_path / "p", **{
         "train.steps": 300, "train.validate_every": 100, "train.checkpoint_every": 150, "train.log_model": True,
@@ -167,7 +168,7 @@ def test_a_changed_setting_never_resumes_another_configurations_checkpoint(train
 
 
 def test_training_encodes_on_the_fly_when_the_latent_cache_is_off(trained_inputs, tmp_path):
-    from components.samples.latents import write_disabled_manifest
+    from components.samples.latents.encode import write_disabled_manifest
 
     project, params = new_project(trained_inputs, tmp_path / "p", **{"train.steps": 2, "train.validate_every": 2,
                                                                        "train.checkpoint_every": 2})
@@ -190,8 +191,8 @@ def test_two_processes_split_the_data_and_end_with_identical_weights(trained_inp
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(project / "infra/accelerate/cpu-2proc.yaml"), "--num_processes", "2",
                "--main_process_port", str(free_port()), "-m", "flows.train_entry", str(project)]
-    env = dict(os.environ, MESA_TRAIN_TRACE_DIR=str(trace), OMP_NUM_THREADS="1",
-               PYTHONPATH=str(PROJECT_ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(PROJECT_ROOT))
+    env[TRAIN_TRACE_ENV] = str(trace)
     done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ranks = [json.loads((trace / f"rank{r}.json").read_text()) for r in (0, 1)]

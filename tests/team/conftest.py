@@ -113,7 +113,7 @@ def mlflow_client(team_servers):
     """An MlflowClient on the team server (MLflow's own HTTP retries turned down, as RunLogger does)."""
     from mlflow import MlflowClient
 
-    from components.tracking.runs import configure_client_retries
+    from components.tracking.store import configure_client_retries
 
     configure_client_retries(team_servers.mlflow_url)
     return MlflowClient(team_servers.mlflow_url)

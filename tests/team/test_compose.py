@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from components.tracking.server import mlflow_server_args, prefect_server_args
-from flows import infra
+from components.ops import infra
 from tests.conftest import PROJECT_ROOT
 
 COMPOSE = PROJECT_ROOT / "infra" / "docker-compose.yml"

@@ -9,8 +9,8 @@ import uuid
 import numpy as np
 import pytest
 
-from components.tracking import runs
-from components.tracking.runs import RunLogger
+from components.tracking import run_logger
+from components.tracking.run_logger import RunLogger
 from components.tracking.server import drop_database, ensure_database, postgres_url, start_mlflow_server
 
 OUTAGE_S = 30.0
@@ -48,7 +48,7 @@ def test_training_continues_through_a_server_outage(postgres, tmp_path, monkeypa
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     said: list[str] = []
-    monkeypatch.setattr(runs, "_say", said.append)
+    monkeypatch.setattr(run_logger, "_say", said.append)
 
     database = f"mesa_test_{uuid.uuid4().hex[:10]}_outage"
     ensure_database(postgres, database)

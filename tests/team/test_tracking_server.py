@@ -15,7 +15,7 @@ def _loss(run: int, step: int) -> float:
 
 
 def test_two_concurrent_training_runs_keep_every_metric_step(team_servers, mlflow_client, tmp_path):
-    from components.tracking.runs import RunLogger
+    from components.tracking.run_logger import RunLogger
 
     start = threading.Barrier(2)
     loggers: dict[int, RunLogger] = {}
@@ -111,9 +111,9 @@ def logged_models(team_servers, tmp_path_factory):
     """Two tiny pipelines logged through the server (artifacts go to its proxied store)."""
     from mlflow import MlflowClient
 
-    from components.model.pipeline import tiny_random_pipeline
     from components.tracking.pyfunc import log_pipeline_model
-    from components.tracking.runs import configure_client_retries, ensure_experiment
+    from components.tracking.store import configure_client_retries, ensure_experiment
+    from testsupport.pipelines import tiny_random_pipeline
 
     root = tmp_path_factory.mktemp("team-registry")
     configure_client_retries(team_servers.mlflow_url)

@@ -67,7 +67,9 @@ def test_set_param_args_write_booleans_bare_and_strings_quoted():
                                    "end\\", "x\\'y", "a b,c=d"])
 def test_override_values_read_back_unchanged_by_hydra(value):
     """DVC parses -S values with Hydra's override grammar: each must come back as the same value and type."""
-    parser = pytest.importorskip("hydra.core.override_parser.overrides_parser").OverridesParser.create()
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # DVC's own dependency
+
+    parser = OverridesParser.create()
     parsed = parser.parse_override(f"key={override_value(value)}").value()
     assert parsed == value and type(parsed) is type(value)
 

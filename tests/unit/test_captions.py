@@ -39,7 +39,7 @@ from components.captions.landform import (
     landform_inputs,
     landform_of_dem,
 )
-from components.captions.layers import RESOLVE_BIOMES, ROCK_AND_ICE
+from components.captions.layers.biomes import RESOLVE_BIOMES, ROCK_AND_ICE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -222,7 +222,7 @@ def test_describe_cells_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def real_layers(tmp_path_factory):
-    gpd = pytest.importorskip("geopandas")
+    import geopandas as gpd  # pinned: a broken install must fail, not skip
     folder = tmp_path_factory.mktemp("layers")
     eco = gpd.GeoDataFrame(
         {

@@ -14,7 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.curation import contracts as C
+from components.curation.contracts.derived_columns import DERIVED_COLUMNS, grid_columns
+from components.curation.contracts.suites import DEFAULT_CONTRACT_PARAMS, columns_of, metadata_suite, stats_suite
+from components.curation.contracts.validation import (
+    ContractResult,
+    build_data_docs,
+    get_context,
+    row_failures,
+    validate_table,
+)
 from components.majortom.grid import default_grid
 
 GRID = default_grid()
@@ -70,12 +78,12 @@ def stats_table(n: int = 14) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def context():
-    return C.get_context()
+    return get_context()
 
 
 @pytest.fixture(scope="module")
 def suites():
-    return {"s2l2a": C.metadata_suite("s2l2a"), "dem": C.metadata_suite("dem"), "stats": C.stats_suite()}
+    return {"s2l2a": metadata_suite("s2l2a"), "dem": metadata_suite("dem"), "stats": stats_suite()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,18 +91,18 @@ def suites():
 
 
 def test_clean_s2_table_passes(context, suites):
-    result = C.validate_table(cells_table(NAMED_CELLS), suites["s2l2a"], context=context)
+    result = validate_table(cells_table(NAMED_CELLS), suites["s2l2a"], context=context)
     assert result.success, result.summary()
     assert result.failures == [] and result.row_count == len(NAMED_CELLS)
     assert "passed" in result.summary()
-    assert C.row_failures(cells_table(NAMED_CELLS), suites["s2l2a"]).empty
+    assert row_failures(cells_table(NAMED_CELLS), suites["s2l2a"]).empty
 
 
 def test_random_grid_cells_with_grid_centres_pass(context, suites):
     table = cells_table(random_cells(400, seed=3))
-    result = C.validate_table(table, suites["s2l2a"], context=context)
+    result = validate_table(table, suites["s2l2a"], context=context)
     assert result.success, result.summary()
-    assert C.validate_table(table, suites["dem"], context=context).success
+    assert validate_table(table, suites["dem"], context=context).success
 
 
 def test_cell_cut_in_a_neighbouring_zone_passes(context, suites):
@@ -105,7 +113,7 @@ def test_cell_cut_in_a_neighbouring_zone_passes(context, suites):
     east = own - zone + np.where(zone == 60, 1, zone + 1)  # 111U_1972R: zone 60 -> zone 1
     west = own - zone + np.where(zone == 1, 60, zone - 1)
     for codes in (east, west):
-        result = C.validate_table(cells_table(names, epsg=codes), suites["s2l2a"], context=context)
+        result = validate_table(cells_table(names, epsg=codes), suites["s2l2a"], context=context)
         assert result.success, result.summary()
 
 
@@ -114,26 +122,26 @@ def test_equator_cells_may_use_either_hemisphere_within_the_margin(context, suit
     rows, cols = GRID.parse_cells(np.asarray(names))
     zone = GRID.cell_origin_epsg(rows, cols) % 100
     other = np.where(rows >= 0, 32700, 32600) + zone
-    result = C.validate_table(cells_table(names, epsg=other), suites["s2l2a"], context=context)
+    result = validate_table(cells_table(names, epsg=other), suites["s2l2a"], context=context)
     assert result.success, result.summary()
-    result = C.validate_table(cells_table(["3D_111R"], epsg=[32600 + 32]), suites["s2l2a"], context=context)
+    result = validate_table(cells_table(["3D_111R"], epsg=[32600 + 32]), suites["s2l2a"], context=context)
     assert [f.check for f in result.failures] == ["crs_hemisphere"]
 
 
 def test_dem_suite_has_no_cloud_or_date_expectations(context, suites):
     table = cells_table(NAMED_CELLS).drop(columns=["cloud_cover", "nodata"])
     table["timestamp"] = pd.Timestamp("2011-01-01")  # GLO-30 radar: before Sentinel-2, fine
-    result = C.validate_table(table, suites["dem"], context=context)
+    result = validate_table(table, suites["dem"], context=context)
     assert result.success, result.summary()
-    types = {(e.expectation_type, C._columns_of(e)[0]) for e in suites["dem"].expectations}
+    types = {(e.expectation_type, columns_of(e)[0]) for e in suites["dem"].expectations}
     assert not {c for _, c in types} & {"cloud_cover", "nodata", "timestamp"}
 
 
 def test_clean_stats_table_passes_and_l1c_columns_are_optional(context, suites):
     table = stats_table()
-    assert C.validate_table(table, suites["stats"], context=context).success
+    assert validate_table(table, suites["stats"], context=context).success
     without_l1c = table.drop(columns=["s2l1c_shape", "date_gap_days", "has_s2l1c"])
-    result = C.validate_table(without_l1c, suites["stats"], context=context)
+    result = validate_table(without_l1c, suites["stats"], context=context)
     assert result.success, result.summary()
 
 
@@ -297,7 +305,7 @@ def _table_for(case: Case) -> pd.DataFrame:
 def test_each_expectation_fails_alone_with_its_count(case, context, suites):
     suite = suites[case.suite]
     table = _table_for(case)
-    result = C.validate_table(table, suite, context=context)
+    result = validate_table(table, suite, context=context)
     assert not result.success
     mine = [f for f in result.failures if f.expectation == case.expectation and tuple(f.columns) == case.columns]
     assert len(mine) == 1, result.summary()
@@ -311,7 +319,7 @@ def test_each_expectation_fails_alone_with_its_count(case, context, suites):
     text = result.summary()
     assert case.expectation in text and ", ".join(case.columns) in text and f"{case.count:,} of" in text
     # row_failures flags exactly the rows GX counted, for every failed expectation.
-    per_row = C.row_failures(table, suite)
+    per_row = row_failures(table, suite)
     counted = per_row.groupby(["expectation", "column"]).size().to_dict()
     assert counted == {(f.expectation, f.column): f.unexpected_count for f in result.failures}
     assert set(per_row["grid_cell"].dropna()) >= set(failure.example_cells) - {None}
@@ -321,7 +329,7 @@ def test_every_expectation_of_every_suite_has_a_violation_case(suites):
     covered = {(c.suite, c.expectation, c.columns) for c in CASES + STATS_CASES}
     for name, suite in suites.items():
         for expectation in suite.expectations:
-            assert (name, expectation.expectation_type, tuple(C._columns_of(expectation))) in covered
+            assert (name, expectation.expectation_type, tuple(columns_of(expectation))) in covered
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,29 +339,29 @@ def test_every_expectation_of_every_suite_has_a_violation_case(suites):
 def test_params_change_the_rules_and_typos_are_refused(context):
     table = cells_table(NAMED_CELLS)
     _shift("centre_lat", (0,), 0.001)(table)  # ~111 m off
-    assert not C.validate_table(table, C.metadata_suite("s2l2a"), context=context).success
-    loose = C.metadata_suite("s2l2a", {"centre_tolerance_m": 200})
-    assert C.validate_table(table, loose, context=context).success
-    ended = C.metadata_suite("s2l2a", {"s2_era_end": "2019-01-01"})
-    late = C.validate_table(cells_table(NAMED_CELLS), ended, context=context)
+    assert not validate_table(table, metadata_suite("s2l2a"), context=context).success
+    loose = metadata_suite("s2l2a", {"centre_tolerance_m": 200})
+    assert validate_table(table, loose, context=context).success
+    ended = metadata_suite("s2l2a", {"s2_era_end": "2019-01-01"})
+    late = validate_table(cells_table(NAMED_CELLS), ended, context=context)
     assert {f.check for f in late.failures} == {"s2_era"}
     with pytest.raises(ValueError, match="centre_tolerance"):
-        C.metadata_suite("s2l2a", {"centre_tolerence_m": 10})
+        metadata_suite("s2l2a", {"centre_tolerence_m": 10})
     with pytest.raises(ValueError, match="unknown source"):
-        C.metadata_suite("s1grd")
-    assert C.DEFAULT_CONTRACT_PARAMS["image_px"] == 1068 and C.DEFAULT_CONTRACT_PARAMS["dem_px"] == 356
+        metadata_suite("s1grd")
+    assert DEFAULT_CONTRACT_PARAMS["image_px"] == 1068 and DEFAULT_CONTRACT_PARAMS["dem_px"] == 356
 
 
 def test_missing_column_is_named(context, suites):
     with pytest.raises(ValueError, match="cloud_cover"):
-        C.validate_table(cells_table(NAMED_CELLS).drop(columns=["cloud_cover"]), suites["s2l2a"], context=context)
+        validate_table(cells_table(NAMED_CELLS).drop(columns=["cloud_cover"]), suites["s2l2a"], context=context)
 
 
 def test_row_failures_keep_the_callers_index(suites):
     table = cells_table(NAMED_CELLS).set_index(pd.Index([f"r{i}" for i in range(len(NAMED_CELLS))]))
     table.loc["r4", "cloud_cover"] = 150.0
     table.loc["r4", "nodata"] = 2.0
-    failures = C.row_failures(table, suites["s2l2a"])
+    failures = row_failures(table, suites["s2l2a"])
     assert list(failures.columns) == ["row", "grid_cell", "expectation", "column", "check"]
     assert failures["row"].tolist() == ["r4", "r4"]
     assert set(failures["check"]) == {"cloud_cover_range", "nodata_range"}
@@ -363,19 +371,19 @@ def test_row_failures_keep_the_callers_index(suites):
 def test_result_json_round_trips(tmp_path, context, suites):
     table = cells_table(NAMED_CELLS)
     _recut((0, 5), flip=True)(table)
-    result = C.validate_table(table, suites["s2l2a"], context=context)
+    result = validate_table(table, suites["s2l2a"], context=context)
     path = result.save_json(tmp_path / "validation" / "s2l2a.json")
     strict = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert strict["gx"] == result.raw and strict["success"] is False
-    assert C.ContractResult.load_json(path) == result
+    assert ContractResult.load_json(path) == result
     assert not list(path.parent.glob("*.tmp"))  # atomic: no temporary left behind
 
 
 def test_file_context_builds_data_docs(tmp_path, suites):
     root = tmp_path / "validation"
-    context = C.get_context(root)
-    C.validate_table(cells_table(NAMED_CELLS), suites["s2l2a"], context=context)
-    index = C.build_data_docs(root)
+    context = get_context(root)
+    validate_table(cells_table(NAMED_CELLS), suites["s2l2a"], context=context)
+    index = build_data_docs(root)
     assert index.name == "index.html" and index.is_file()
     assert "s2l2a_metadata" in index.read_text()
     assert (root / "gx" / "expectations" / "s2l2a_metadata.json").is_file()
@@ -391,8 +399,8 @@ def test_grid_columns_numbers():
                         epsg=[32632, 32632, 32632, 32632, 32601, 32731])
     table["grid_cell"] = names
     table.loc[0, "centre_lat"] += 0.001  # ~111 m north
-    derived = C.grid_columns(table)
-    assert list(derived.columns) == list(C.DERIVED_COLUMNS)
+    derived = grid_columns(table)
+    assert list(derived.columns) == list(DERIVED_COLUMNS)
     assert derived.loc[0, ["name_row_u", "name_col_r", "name_off_grid_steps"]].tolist() == [454, 120, 0]
     assert derived.loc[0, "centre_offset_m"] == pytest.approx(111.2, abs=0.5)
     assert derived.loc[1, "name_off_grid_steps"] == 990 - 946  # rows above the top row

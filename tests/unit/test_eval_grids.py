@@ -23,8 +23,8 @@ from components.evaluation.grids import (
     render_layout,
     seed_variability_grid,
 )
-from components.model.pipeline import tiny_random_pipeline
 from components.samples.shards import DESCRIPTOR_COLUMNS
+from testsupport.pipelines import tiny_random_pipeline
 
 PX = 32          # generated image size
 PANEL = 32       # tile size in the grids (small: fast)

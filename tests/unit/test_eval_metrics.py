@@ -28,7 +28,7 @@ from components.evaluation.metrics import (
     slope_deg,
     terrain_descriptors,
 )
-from components.export.terrain import hillshade
+from components.radiometry.hillshade import Sun, hillshade
 
 PIXEL_M = 120.0
 SIZE = 64
@@ -212,12 +212,12 @@ def test_realism_distances_zero_for_identical_sets_and_grow_when_scaled():
 def test_coherence_high_for_an_image_shaded_from_its_own_dem():
     dems = np.stack([random_dem(1), random_dem(2)])
     # the Sentinel-2-like sun (south-east), not one of the azimuths the metric tries
-    rgb = np.stack([grey_rgb(hillshade(d, PIXEL_M, azimuth_deg=150.0, altitude_deg=40.0)) for d in dems])
+    rgb = np.stack([grey_rgb(hillshade(d, PIXEL_M, Sun(azimuth_deg=150.0, altitude_deg=40.0))) for d in dems])
     assert rgb_dem_coherence(rgb, dems, PIXEL_M) > 0.8
 
 
 def test_coherence_near_zero_for_an_unrelated_dem():
-    rgb = grey_rgb(hillshade(random_dem(1), PIXEL_M, azimuth_deg=150.0))
+    rgb = grey_rgb(hillshade(random_dem(1), PIXEL_M, Sun(azimuth_deg=150.0, altitude_deg=45.0)))
     r = rgb_dem_correlations(np.stack([rgb] * 3), np.stack([random_dem(s) for s in (7, 8, 9)]), PIXEL_M)
     assert r.shape == (3,)
     assert np.all(np.abs(r) < 0.2)

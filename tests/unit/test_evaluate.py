@@ -31,7 +31,7 @@ def test_held_out_pairs_are_the_test_split_in_metres(samples):
 
 def test_generations_cover_every_cell_with_fixed_seeds_and_score(samples):
     from components.evaluation.grids import pipeline_generate
-    from components.model.pipeline import tiny_random_pipeline
+    from testsupport.pipelines import tiny_random_pipeline
 
     shards, pixel = samples
     cells = held_out_pairs(shards, "train", limit=4)
@@ -81,7 +81,7 @@ def test_the_evaluation_report_is_readable_by_others_under_umask_022(samples, tm
     import stat
 
     from components.evaluation.run import EvaluateParams, run_evaluation
-    from components.model.pipeline import tiny_random_pipeline
+    from testsupport.pipelines import tiny_random_pipeline
 
     shards, _ = samples
     stats = json.loads((shards[0].parent / "stats.json").read_text())

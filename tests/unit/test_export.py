@@ -210,7 +210,7 @@ def test_every_file_an_artist_gets_is_readable_by_others_under_umask_022(tmp_pat
     import stat
 
     from components.export.generation import generate_and_export
-    from components.model.pipeline import tiny_random_pipeline
+    from testsupport.pipelines import tiny_random_pipeline
 
     old = os.umask(0o022)
     try:

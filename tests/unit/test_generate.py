@@ -11,7 +11,7 @@ from flows.cli import app
 
 
 def test_generate_writes_every_export_per_seed_and_is_reproducible(tmp_path, monkeypatch):
-    from components.model.pipeline import tiny_random_pipeline
+    from testsupport.pipelines import tiny_random_pipeline
 
     captions = ["A Sentinel-2 image of deserts and hills in Chile in March",
                 "A Sentinel-2 image of temperate forests and plains in France in June"]

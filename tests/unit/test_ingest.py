@@ -22,7 +22,6 @@ from shapely.geometry import box
 from typer.testing import CliRunner
 
 from components.majortom.errors import ShardError
-from components.majortom.http_mirror import MirrorServer
 from components.majortom.ingest import IngestConfig, failure_verdict, run_ingest
 from components.majortom.ingest_fetch import fetch_columns
 from components.majortom.ingest_filters import IngestFilters, Selection, metadata_frame, select_cells
@@ -30,6 +29,7 @@ from components.majortom.ingest_manifest import Journal, read_manifest
 from components.majortom.schema import SHARD_SCHEMAS
 from components.majortom.shards import read_metadata, read_shard
 from tests.conftest import PROJECT_ROOT
+from testsupport.http_mirror import MirrorServer
 
 SOURCES = ("s2l2a", "s2l1c", "dem")
 QUIET = {"progress": False, "log": lambda line: None}

@@ -11,16 +11,14 @@ from torch.utils.data import DataLoader
 
 from components.model.factories import build_vae, tiny_vae_config
 from components.samples.dataset import TerrainSampleDataset, dem_to_model, rgb_to_model
-from components.samples.latents import (
+from components.samples.latents.encode import encode_samples_to_latents, vae_config_hash, write_disabled_manifest
+from components.samples.latents.read import (
     LatentSampleDataset,
     LatentShardReader,
     collate_latents,
-    encode_samples_to_latents,
     latent_shards,
     read_manifest,
     sample_posterior,
-    vae_config_hash,
-    write_disabled_manifest,
 )
 from components.samples.shards import SampleShardError, read_sample_shard, write_sample_shard
 

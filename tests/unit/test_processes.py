@@ -49,6 +49,31 @@ def test_an_interrupted_caller_stops_the_command_and_everything_it_started(tmp_p
     assert _gone(pids["child"]) and _gone(pids["grandchild"])
 
 
+def test_a_command_kept_in_the_callers_group_is_stopped_alone(tmp_path):
+    pids: dict[str, int] = {}
+
+    def stop_after_first_line(line: str) -> None:
+        words = line.split()
+        pids.update(child=int(words[1]), grandchild=int(words[3]))
+        assert os.getpgid(pids["child"]) == os.getpgid(0)  # our group: signals to it reach the command too
+        raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_streaming(["sh", "-c", FAMILY], cwd=tmp_path, on_line=stop_after_first_line, grace_s=1.0,
+                          new_session=False)
+        assert _gone(pids["child"])  # the command, not the group (that would be this test process)
+    finally:
+        if "grandchild" in pids:
+            os.kill(pids["grandchild"], signal.SIGKILL)
+
+
+def test_output_that_is_not_utf8_does_not_end_the_stream(tmp_path):
+    lines: list[str] = []
+    assert run_streaming(["sh", "-c", r"printf 'a\377b\nnext\n'"], cwd=tmp_path, on_line=lines.append) == 0
+    assert lines == ["a\ufffdb", "next"]
+
+
 def test_sigterm_unwinds_the_parent_which_stops_its_command_group(tmp_path):
     script = textwrap.dedent(f"""
         import sys
@@ -125,13 +150,13 @@ def test_a_reentrant_lock_lets_its_holder_in_again_and_nobody_else(tmp_path):
     ([{"changed outs": {"data/raw": "deleted"}}], False, [], "restored"),  # from DVC's run cache
 ])
 def test_a_stage_outcome_comes_from_dvc_status_and_whether_the_stage_ran(before, started, after, expected):
-    from flows.retrain import stage_outcome
+    from components.versioning.stages import stage_outcome
 
     assert stage_outcome(before, started, after) == expected
 
 
 def test_a_stage_that_neither_ran_nor_became_up_to_date_is_an_error():
-    from flows.retrain import stage_outcome
+    from components.versioning.stages import stage_outcome
 
     with pytest.raises(RuntimeError, match="neither ran the stage nor made it up to date"):
         stage_outcome([{"changed deps": {}}], False, [{"changed deps": {}}])

@@ -7,7 +7,8 @@ import pytest
 from skimage.exposure import match_histograms
 
 from components.majortom.synthetic.render import render_cell, sun_position
-from components.majortom.synthetic.terrain import hillshade, synth_dem, upsample_dem
+from components.majortom.synthetic.terrain import synth_dem, upsample_dem
+from components.radiometry.hillshade import hillshade
 from components.radiometry.normalise import (
     DEFAULT_RGB_RULE,
     choose_dem_scale,
@@ -237,8 +238,7 @@ def test_shadow_corrected_luminance_follows_the_hillshade():
         dem, pixel_m, l1c, l2a = rendered_cell(seed, landform, lat, month, biome)
         ones = np.ones(dem.shape, bool)
         corrected = shadow_correct(l1c, l2a, ones, ones)
-        azimuth, altitude = sun_position(lat, month)
-        shade = hillshade(dem, pixel_m, azimuth, altitude).ravel()
+        shade = hillshade(dem, pixel_m, sun_position(lat, month)).ravel()
         r_corrected = np.corrcoef(luminance(corrected).ravel(), shade)[0, 1]
         r_l2a = np.corrcoef(luminance(l2a).ravel(), shade)[0, 1]
         assert r_corrected > 0.3, (landform, r_corrected)

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from components.config import ParamsError
 from components.tracking import registry
 from components.tracking.registry import (
     HIGHER,
@@ -39,9 +40,9 @@ def store(tmp_path_factory):
     """(client, uri, [(run_id, model_uri)] * 3) with three logged tiny pipelines."""
     from mlflow import MlflowClient
 
-    from components.model.pipeline import tiny_random_pipeline
     from components.tracking.pyfunc import log_pipeline_model
-    from components.tracking.runs import ensure_experiment
+    from components.tracking.store import ensure_experiment
+    from testsupport.pipelines import tiny_random_pipeline
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root / 'mlruns.db'}"
@@ -78,8 +79,8 @@ def test_registering_the_same_run_twice_gives_one_version(store):
 
 
 def test_a_resumed_run_that_logs_a_new_model_gets_a_new_version(store, tmp_path):
-    from components.model.pipeline import tiny_random_pipeline
     from components.tracking.pyfunc import log_pipeline_model
+    from testsupport.pipelines import tiny_random_pipeline
 
     client, uri, models = store
     run_id, model_uri = models[1]
@@ -241,9 +242,10 @@ def test_decide_against_a_zero_champion_value():
 def test_gate_from_params_rejects_unknown_keys_and_misplaced_limits():
     gate = PromotionGate.from_params({"max_regression": 0.1, "floors": {ACC: 0.2}})
     assert gate.max_regression == 0.1 and gate.floors == {ACC: 0.2} and gate.ceilings == {}
-    with pytest.raises(ValueError, match="unknown promotion gate keys"):
+    with pytest.raises(ParamsError, match=r"registry\.gate\.max_regresion = 0\.1: unknown key \(did you mean "
+                                          r"'max_regression'\?\)"):
         PromotionGate.from_params({"max_regresion": 0.1})
-    with pytest.raises(ValueError, match="max_regression"):
+    with pytest.raises(ParamsError, match=r"registry\.gate\.max_regression = -1: must be >= 0"):
         PromotionGate.from_params({"max_regression": -1})
     with pytest.raises(ValueError, match="give it a ceiling"):
         decide(PromotionGate(floors={JS: 0.1}), metrics(0.5, 0.1), None)

@@ -104,14 +104,14 @@ def _project_copy(tmp_path: Path, dvc_text: str) -> Path:
 def test_write_restores_the_code_deps_and_keeps_comments_and_data_deps(tmp_path, monkeypatch):
     committed = (PROJECT_ROOT / "dvc.yaml").read_text()
     train_block = committed[committed.index("\n  train:\n"):committed.index("\n  evaluate:\n")]
-    for line in ("      - components/samples/dataset.py\n", "      - components/tracking/runs.py\n",
+    for line in ("      - components/samples/dataset.py\n", "      - components/tracking/run_logger.py\n",
                  "      - data/samples\n", "      - infra/accelerate\n"):
         assert line in train_block, f"test set-up: {line.strip()} is no longer a train dep"
     # A commented data dep, a dep removed, a dep added that the stage never runs.
     edited_block = (train_block.replace("      - data/samples\n", "      - data/samples  # the shards\n")
                     .replace("      - components/samples/dataset.py\n", "")
-                    .replace("      - components/tracking/runs.py\n",
-                             "      - components/tracking/runs.py\n      - components/tracking/server.py\n"))
+                    .replace("      - components/tracking/run_logger.py\n",
+                             "      - components/tracking/run_logger.py\n      - components/tracking/server.py\n"))
     expected = committed.replace(train_block, train_block.replace(
         "      - data/samples\n", "      - data/samples  # the shards\n"))
     root = _project_copy(tmp_path, committed.replace(train_block, edited_block))

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from components.config import ParamsError
 from flows.stages.synth import synth_stage_flow
 from tests.conftest import PROJECT_ROOT
 
@@ -33,11 +34,11 @@ def test_real_major_tom_source_leaves_a_note_instead_of_a_world(project):
 
 def test_real_data_inside_the_synth_output_is_refused(project):
     _set_source(project, "majortom", "data/raw")
-    with pytest.raises(SystemExit, match="put real shards in another folder"):
+    with pytest.raises(ParamsError, match=r"data\.raw_dir = 'data/raw': .*put real shards in another folder"):
         synth_stage_flow.fn(str(project))
 
 
 def test_unknown_source_is_refused(project):
     _set_source(project, "sentinel", "data/raw")
-    with pytest.raises(SystemExit, match="data.source must be synth"):
+    with pytest.raises(ParamsError, match=r"data\.source = 'sentinel': must be 'synth', 'ingest' or 'majortom'"):
         synth_stage_flow.fn(str(project))

@@ -15,11 +15,11 @@ from components.majortom.synthetic.render import CLEAR, SHADOW, THICK, THIN, ren
 from components.majortom.synthetic.terrain import (
     LANDFORM_CLASSES,
     classify_landform,
-    hillshade,
     landform_stats,
     synth_dem,
     upsample_dem,
 )
+from components.radiometry.hillshade import Sun, hillshade
 
 SEEDS = range(8)
 SMALL = 267  # render tests: an 89 px DEM at 30 m upsampled to 10 m
@@ -88,17 +88,17 @@ def test_landform_stats_on_known_surfaces():
 
 def test_hillshade():
     flat = np.zeros((20, 20), np.float32)
-    hs = hillshade(flat, 30.0, azimuth_deg=150.0, altitude_deg=40.0)
+    hs = hillshade(flat, 30.0, Sun(azimuth_deg=150.0, altitude_deg=40.0))
     assert hs.dtype == np.float32
     assert np.allclose(hs, np.sin(np.deg2rad(40.0)), atol=1e-6)
     rows = np.arange(20, dtype=np.float32)[:, None] * np.ones((1, 20), np.float32)
     # Elevation rising northwards (row 0 is north) = a south-facing slope: lit by a southern sun.
     south_facing = (19 - rows) * 10.0
     north_facing = rows * 10.0
-    lit = hillshade(south_facing, 30.0, 180.0, 40.0)
-    dark = hillshade(north_facing, 30.0, 180.0, 40.0)
+    lit = hillshade(south_facing, 30.0, Sun(180.0, 40.0))
+    dark = hillshade(north_facing, 30.0, Sun(180.0, 40.0))
     assert lit.mean() > hs.mean() > dark.mean()
-    steep = hillshade(north_facing * 20.0, 30.0, 180.0, 40.0)
+    steep = hillshade(north_facing * 20.0, 30.0, Sun(180.0, 40.0))
     assert steep.min() >= 0.0 and steep.max() <= 1.0 and steep.min() == 0.0
 
 
@@ -160,8 +160,7 @@ def test_l1c_keeps_terrain_shading_l2a_flattens_it():
     for seed, (landform, biome, month, lat) in enumerate(cases):
         dem = upsample_dem(synth_dem(landform, np.random.default_rng(seed)))
         cell = render_cell(dem, 10.0, biome, month, lat, np.random.default_rng(seed))
-        azimuth, altitude = render.sun_position(lat, month)
-        hs = hillshade(dem, 10.0, azimuth, altitude)
+        hs = hillshade(dem, 10.0, render.sun_position(lat, month))
         ok = (cell.cloud_mask == CLEAR) & ~cell.nodata
         r_l1c = np.corrcoef(_luminance(cell.l1c)[ok], hs[ok])[0, 1]
         r_l2a = np.corrcoef(_luminance(cell.l2a)[ok], hs[ok])[0, 1]

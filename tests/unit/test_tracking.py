@@ -10,16 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from components.tracking import runs
+from components.tracking import run_logger
 from components.tracking.lineage import flatten_params, lineage_tags, params_hash
-from components.tracking.runs import (
-    PARAM_VALUE_MAX,
-    RunLogger,
-    configure_client_retries,
-    ensure_experiment,
-    replay_spill,
-    tracking_uri,
-)
+from components.tracking.run_logger import PARAM_VALUE_MAX, RunLogger
+from components.tracking.spill import replay_spill
+from components.tracking.store import configure_client_retries, ensure_experiment, tracking_uri
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +33,7 @@ def project(tmp_path_factory):
 def messages(monkeypatch):
     """The status lines RunLogger prints, collected."""
     said: list[str] = []
-    monkeypatch.setattr(runs, "_say", said.append)
+    monkeypatch.setattr(run_logger, "_say", said.append)
     return said
 
 
@@ -388,7 +383,7 @@ def test_pyfunc_model_logs_loads_and_generates(project, tmp_path):
     import mlflow
     import pandas as pd
 
-    from components.model.pipeline import tiny_random_pipeline
+    from testsupport.pipelines import tiny_random_pipeline
     from components.tracking.pyfunc import using_tracking_uri, log_pipeline_model
 
     pipe = tiny_random_pipeline(["A Sentinel-2 image of hills", "plains in Spain"], image_px=32)

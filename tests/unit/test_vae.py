@@ -8,18 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+from components.config import ParamsError, VaeConfig
 from components.model.factories import build_vae, tiny_vae_config
 from components.model.vae import (
-    VaeTrainParams,
     augment_batch,
     evaluate_reconstruction,
     load_vae_arrays,
     lr_factor,
     masked_reconstruction_loss,
-    run_vae_stage,
-    save_vae_atomic,
     train_vae,
 )
+from components.model.vae_stage import run_vae_stage, save_vae_atomic
 from components.samples.dataset import rgb_to_model
 from components.samples.shards import read_sample_shard
 
@@ -80,7 +79,7 @@ def test_stage_writes_a_loadable_folder_that_keeps_the_scaling_factor(micro, tmp
 
 def test_training_is_deterministic_for_a_seed(micro):
     _, stats, _, train = micro
-    params = VaeTrainParams(steps=3, batch_size=8, seed=7)
+    params = VaeConfig(steps=3, batch_size=8, seed=7)
     weights = []
     for _ in range(2):
         vae = _fresh_vae(stats, seed=7)
@@ -104,8 +103,8 @@ def test_learning_rate_warms_up_then_decays_to_its_floor():
 
 def test_training_follows_the_schedule_and_augments_consistently(micro):
     _, stats, _, train = micro
-    params = VaeTrainParams(steps=5, batch_size=4, learning_rate=1e-3, warmup_steps=1, lr_floor=0.1,
-                            mean_fraction=0.4)
+    params = VaeConfig(steps=5, batch_size=4, learning_rate=1e-3, warmup_steps=1, lr_floor=0.1,
+                       mean_fraction=0.4)
     history = train_vae(_fresh_vae(stats), train["rgb"], train["dem"], train["mask"], params, device="cpu")
     assert [h["lr"] for h in history][0] == pytest.approx(1e-3) and history[-1]["lr"] == pytest.approx(1e-4)
     assert all(np.isfinite(h["loss"]) for h in history)
@@ -117,8 +116,8 @@ def test_training_follows_the_schedule_and_augments_consistently(micro):
         assert torch.equal(images[:, :1], masks) and torch.equal(images[0], images[1])
         seen.add(tuple(masks[0, 0].flatten().tolist()))
     assert len(seen) == 8
-    with pytest.raises(ValueError, match="lr_floor must be in"):
-        VaeTrainParams(lr_floor=2.0)
+    with pytest.raises(ParamsError, match=r"vae\.lr_floor = 2\.0: must be <= 1"):
+        VaeConfig.from_params({"lr_floor": 2.0})
 
 
 def test_masked_pixels_do_not_touch_the_reconstruction_loss(micro):
@@ -144,10 +143,10 @@ def test_dem_error_above_the_bound_fails_with_what_to_change(micro, tmp_path):
 
 
 def test_unknown_param_key_is_named():
-    with pytest.raises(ValueError, match=r"unknown keys \['stpes'\]"):
-        VaeTrainParams.from_params({"stpes": 10})
-    with pytest.raises(ValueError, match="loss must be"):
-        VaeTrainParams.from_params({"loss": "huber"})
+    with pytest.raises(ParamsError, match=r"vae\.stpes = 10: unknown key \(did you mean 'steps'\?\)"):
+        VaeConfig.from_params({"stpes": 10})
+    with pytest.raises(ParamsError, match=r"vae\.loss = 'huber': must be 'l1' or 'mse'"):
+        VaeConfig.from_params({"loss": "huber"})
 
 
 def test_pretrained_folder_is_taken_as_is(micro, tmp_path):

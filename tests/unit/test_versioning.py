@@ -135,7 +135,7 @@ def test_checkpoint_folders_name_their_runs(tmp_path):
 def test_run_logger_log_text_lands_as_an_artifact(tmp_path):
     from mlflow import MlflowClient
 
-    from components.tracking.runs import RunLogger
+    from components.tracking.run_logger import RunLogger
 
     logger = RunLogger.start("unit", "text", tmp_path, system_metrics=False)
     logger.log_text("a: 1\n", "lineage/steps-000003/params.yaml")

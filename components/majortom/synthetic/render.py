@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft as sfft
 
-from components.majortom.synthetic.terrain import gradients, shade_from_gradients
+from components.radiometry.hillshade import Sun, gradients, shade_from_gradients
 
 BANDS = ("B02", "B03", "B04")
 
@@ -114,8 +114,8 @@ class RenderedCell:
 # sun, season, snow
 
 
-def sun_position(lat: float, month: int) -> tuple[float, float]:
-    """(azimuth, altitude) in degrees at Sentinel-2's ~10:30 local solar time, mid-month.
+def sun_position(lat: float, month: int) -> Sun:
+    """The sun (azimuth, altitude in degrees) at Sentinel-2's ~10:30 local solar time, mid-month.
 
     Azimuth is clockwise from north; altitude is floored at 8 degrees (no winter-night scenes).
     """
@@ -126,7 +126,7 @@ def sun_position(lat: float, month: int) -> tuple[float, float]:
     alt = np.arcsin(np.clip(sin_alt, -1.0, 1.0))
     cos_az = (np.sin(decl) - np.sin(alt) * np.sin(phi)) / max(np.cos(alt) * np.cos(phi), 1e-6)
     az = np.arccos(np.clip(cos_az, -1.0, 1.0))  # morning: the sun is east of the meridian
-    return float(np.rad2deg(az)), float(max(np.rad2deg(alt), 8.0))
+    return Sun(float(np.rad2deg(az)), float(max(np.rad2deg(alt), 8.0)))
 
 
 def _local_month(month: int, lat: float) -> float:
@@ -332,12 +332,12 @@ def render_cell(
     f32 = np.float32
 
     # --- terrain: illumination and slope from one gradient pass
-    azimuth, altitude = sun_position(lat, month)
+    sun = sun_position(lat, month)
     gx, gy = gradients(dem, pixel_m)
     slope = np.hypot(gx, gy)
     # Illumination relative to flat ground (1 on the flat, >1 facing the sun, 0 in self-shadow).
-    illum = shade_from_gradients(gx, gy, azimuth, altitude)
-    illum *= f32(1.0 / np.sin(np.deg2rad(altitude)))
+    illum = shade_from_gradients(gx, gy, sun)
+    illum *= f32(1.0 / np.sin(np.deg2rad(sun.altitude_deg)))
     np.minimum(illum, f32(2.5), out=illum)
     del gx, gy
 
@@ -431,8 +431,8 @@ def render_cell(
         mask[is_cloud] = THIN
         mask[c > f32(t_thick)] = THICK
         # Shadows fall away from the sun: cloud height / tan(sun altitude), along -azimuth.
-        reach = rng.uniform(1000.0, 3000.0) / np.tan(np.deg2rad(altitude)) / pixel_m
-        a = np.deg2rad(azimuth)
+        reach = rng.uniform(1000.0, 3000.0) / np.tan(np.deg2rad(sun.altitude_deg)) / pixel_m
+        a = np.deg2rad(sun.azimuth_deg)
         dr, dc = int(round(np.cos(a) * reach)), int(round(-np.sin(a) * reach))
         shadow = _shift(alpha, dr, dc)
         shadow *= ~is_cloud

@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from components.captions.landform import classify_landform as classify
 from components.captions.landform import landform_inputs
+from components.radiometry.hillshade import gradients
 
 LANDFORM_CLASSES = ("plains", "tablelands", "hills", "low mountains", "high mountains")
 
@@ -292,15 +293,6 @@ def synth_dem(
     return z.astype(np.float32)
 
 
-def gradients(dem: np.ndarray, pixel_m: float) -> tuple[np.ndarray, np.ndarray]:
-    """Surface gradient (dz/d east, dz/d north) in m/m, float32, central differences.
-
-    Rows run southwards, hence the sign flip on axis 0.
-    """
-    d_row, d_col = np.gradient(np.asarray(dem, dtype=np.float32), np.float32(pixel_m))
-    return d_col, -d_row
-
-
 def slope(dem: np.ndarray, pixel_m: float) -> np.ndarray:
     """Slope magnitude as rise over run (0.08 = 8 %), float32, central differences."""
     gx, gy = gradients(dem, pixel_m)
@@ -315,35 +307,6 @@ def landform_stats(dem: np.ndarray, pixel_m: float) -> dict:
 def classify_landform(stats: dict) -> str:
     """The class the production rules give a tile's landform_stats (one of LANDFORM_CLASSES)."""
     return str(classify(stats["gentle_share"], stats["relief_m"], stats["profile_upper_share"]))
-
-
-def hillshade(
-    dem: np.ndarray, pixel_m: float, azimuth_deg: float = 150.0, altitude_deg: float = 40.0
-) -> np.ndarray:
-    """Lambertian hillshade: cosine of the angle between the surface normal and the sun.
-
-    Args:
-        dem: elevations in metres (2-D), row 0 north.
-        pixel_m: pixel spacing in metres.
-        azimuth_deg: sun azimuth, degrees clockwise from north, where the light comes from
-            (default 150: Sentinel-2's ~10:30 overpass in the northern mid-latitudes).
-        altitude_deg: sun elevation above the horizon in degrees (default 40).
-
-    Returns:
-        float32 in [0, 1]; flat ground gives sin(altitude).
-    """
-    gx, gy = gradients(dem, pixel_m)
-    return shade_from_gradients(gx, gy, azimuth_deg, altitude_deg)
-
-
-def shade_from_gradients(gx: np.ndarray, gy: np.ndarray, azimuth_deg: float, altitude_deg: float) -> np.ndarray:
-    """Hillshade from precomputed gradients (see gradients); float32 in [0, 1]."""
-    az, alt = np.deg2rad(azimuth_deg), np.deg2rad(altitude_deg)
-    sx, sy, sz = np.sin(az) * np.cos(alt), np.cos(az) * np.cos(alt), np.sin(alt)
-    # Unit normal (-gx, -gy, 1) / |.| dotted with the unit vector pointing at the sun.
-    shade = np.float32(sz) - gx * np.float32(sx) - gy * np.float32(sy)
-    shade /= np.sqrt(np.float32(1.0) + gx * gx + gy * gy)
-    return np.clip(shade, 0.0, 1.0, out=shade)
 
 
 def upsample_dem(dem_30m: np.ndarray, factor: int = 3) -> np.ndarray:

@@ -26,22 +26,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 
 from components.atomic import atomic_write
 from components.captions.descriptors import DEFAULT_BIOME_SHORT_FORMS
-from components.captions.layers import open_layer
+from components.captions.layers.factory import open_layer
+from components.config import SynthConfig as SynthParams  # the typed `synth` group, under its older name
 from components.majortom.geotiff import encode_geotiff
 from components.majortom.grid import EARTH_RADIUS_KM, cell_footprint, default_grid, utm_epsg
 from components.majortom.schema import S2_BAND_RESOLUTION_M, S2_BANDS_L1C, S2_BANDS_L2A, TILE_SIDE_M
 from components.majortom.shards import METADATA_FILE, SHARD_DIR, write_metadata, write_shard
 from components.majortom.synthetic.render import render_cell
-from components.majortom.synthetic.terrain import LANDFORM_CLASSES, hillshade, synth_dem, upsample_dem
+from components.majortom.synthetic.terrain import synth_dem, upsample_dem
+from components.radiometry.hillshade import Sun, hillshade
 
 WORLD_MANIFEST = "world.parquet"  # ground truth per cell (landform, biome, broken kind): not upstream
 LAYERS_DIR = "layers"
 BROKEN_KINDS = ("corrupt_geotiff", "all_cloud", "ocean_flat", "antarctica", "crs_mismatch", "missing_dem")
 DEM_NODATA = -32768.0
+# The DEM thumbnails' light: Sentinel-2's ~10:30 overpass in the northern mid-latitudes.
+THUMBNAIL_SUN = Sun(azimuth_deg=150.0, altitude_deg=40.0)
 # Processing baseline 04.00 (from 2022-01-25) adds +1000 to Sentinel-2 digital numbers.
 BASELINE_04_START = datetime(2022, 1, 25)
 RADIOMETRIC_OFFSET = 1000
@@ -50,23 +53,6 @@ _BASE_ELEVATION_M = {"plains": (0, 400), "tablelands": (400, 1600), "hills": (10
                      "low mountains": (200, 1500), "high mountains": (800, 2600)}
 _LANDFORM_REGION_NOUN = {"plains": "Lowlands", "tablelands": "Plateau", "hills": "Hills",
                          "low mountains": "Ranges", "high mountains": "Highlands"}
-
-
-class SynthParams(BaseModel):
-    """Parameters of the synthetic world (params.yaml group `synth`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int = 42
-    cells: int = Field(256, ge=1, description="good cells; broken rows come on top")
-    cells_per_shard: int = Field(32, ge=1)
-    landforms: list[str] = Field(default_factory=lambda: list(LANDFORM_CLASSES))
-    broken_rows: bool = True
-    cloudy_share: float = Field(0.3, ge=0, le=1)
-    max_cloud_cover: float = Field(0.4, ge=0, le=1)
-    nodata_border_share: float = Field(0.15, ge=0, le=1)
-    date_range: tuple[str, str] = ("2017-03-01", "2024-10-31")
-    workers: int = Field(2, ge=1)
 
 
 @dataclass(frozen=True)
@@ -142,9 +128,6 @@ def _cell_at(lat: float, lon: float) -> dict:
 
 def plan_world(params: SynthParams) -> WorldPlan:
     """Choose the cells and how each looks; deterministic for a given params (seed included)."""
-    unknown = sorted(set(params.landforms) - set(LANDFORM_CLASSES))
-    if unknown:
-        raise ValueError(f"synth.landforms has unknown classes {unknown}; choose from {list(LANDFORM_CLASSES)}")
     rng = np.random.default_rng(params.seed)
     land = _sample_land_cells(rng, params.cells)
     # Balanced classes: a shuffled round robin, so every class gets cells / len(classes) (+1).
@@ -310,7 +293,7 @@ def build_shard(out: str | Path, plan: WorldPlan, shard_index: int) -> dict:
             rows[source].append(row)
         if cell.broken == "missing_dem":
             continue
-        shade = (hillshade(dem30, 30.0) * 255).astype(np.uint8)
+        shade = (hillshade(dem30, 30.0, THUMBNAIL_SUN) * 255).astype(np.uint8)
         rows["dem"].append(dict(
             grid_cell=cell.grid_cell, thumbnail=_png(shade),
             # "compressed": integer metres + 32768 as a 16-bit PNG (lossless to 1 m).

@@ -1,39 +1,4 @@
-"""The latent cache: every sample encoded once by the frozen VAE, so training skips the encoder.
-
-The ``latents`` stage calls ``encode_samples_to_latents`` (or ``write_disabled_manifest`` when
-the cache is off, so the stage has an output either way); the trainer reads the result with
-``LatentSampleDataset`` and draws a latent per step with ``sample_posterior``.
-
-What is stored is the VAE posterior, not one draw of it: per modality the mean and the standard
-deviation of ``vae.encode(x).latent_dist``, float32, NOT multiplied by the VAE's
-``scaling_factor``. The trainer draws ``mean + std * noise`` each time it sees a sample (fresh
-posterior noise every epoch, exactly what encoding on the fly gives) and only then multiplies by
-the scaling factor, so one cache serves any scaling factor a run chooses.
-
-On-disk format (``LATENT_FORMAT_VERSION`` 1), one shard per sample shard with the same file
-name, rows in the same order (sorted by ``sample_id``) and the same row-group size; the layout of
-``components.samples.shards`` (raw little-endian bytes per array, shapes in the schema metadata),
-under the schema metadata key ``mesa.latents``:
-
-======================  ============  ======================================================
-column                  arrow type    content
-======================  ============  ======================================================
-sample_id ... month     as samples    the sample shard's scalar columns, unchanged
-mask_latent             large_binary  uint8 (h, w): 1 = valid latent position
-rgb_latent_mean         large_binary  float32 (C, h, w): posterior mean of the plain RGB
-rgb_latent_std          large_binary  float32 (C, h, w): its posterior standard deviation
-rgb_shadow_latent_mean  large_binary  float32 (C, h, w) of the shadow-corrected RGB; null when
-rgb_shadow_latent_std   large_binary  the sample has no ``rgb_shadow``
-dem_latent_mean         large_binary  float32 (C, h, w) of ``dem_to_model(dem, dem_scale_m)``
-dem_latent_std          large_binary  float32 (C, h, w)
-======================  ============  ======================================================
-
-The metadata also records the VAE's scaling factor, a hash of its configuration and of its
-weights, and ``dem_scale_m``, so a reader can refuse a cache made by another VAE or DEM scale.
-``manifest.json`` beside the shards sums them up (``read_manifest``). Files are written through
-a temporary file and renamed, and hold nothing that depends on time or machine: the same
-samples and VAE give the same bytes.
-"""
+"""Writing the latent cache: every sample encoded once by the frozen VAE (the ``latents`` stage)."""
 from __future__ import annotations
 
 import hashlib
@@ -49,55 +14,17 @@ import pyarrow.parquet as pq
 import torch
 
 from components.atomic import atomic_write, write_json_atomic
-from components.samples.dataset import TerrainSampleDataset, collate_items, dem_to_model, rgb_to_model
-from components.samples.shards import (
-    DESCRIPTOR_COLUMNS,
-    SAMPLE_SCHEMA,
-    SCALAR_COLUMNS,
-    SampleShardError,
-    SampleShardReader,
-    read_sample_shard,
+from components.samples.dataset import dem_to_model, rgb_to_model
+from components.samples.latents.schema import (
+    LATENT_ARRAYS,
+    LATENT_FORMAT,
+    LATENT_FORMAT_VERSION,
+    LATENT_METADATA_KEY,
+    LATENT_SCHEMA,
+    MANIFEST_NAME,
+    STRING_COLUMNS,
 )
-
-__all__ = [
-    "LATENT_FORMAT",
-    "LATENT_FORMAT_VERSION",
-    "LATENT_ARRAYS",
-    "LATENT_COLUMNS",
-    "MANIFEST_NAME",
-    "LatentShardReader",
-    "LatentSampleDataset",
-    "encode_samples_to_latents",
-    "write_disabled_manifest",
-    "read_manifest",
-    "latent_shards",
-    "sample_posterior",
-    "collate_latents",
-    "vae_config_hash",
-    "vae_weights_hash",
-]
-
-LATENT_FORMAT = "mesa-latents"
-LATENT_FORMAT_VERSION = 1
-LATENT_METADATA_KEY = b"mesa.latents"
-MANIFEST_NAME = "manifest.json"
-#: The encoded modalities, each the sample column of the same name.
-_MODALITIES = ("rgb", "rgb_shadow", "dem")
-#: The float32 latent arrays, mean then std per modality.
-LATENT_ARRAYS: tuple[str, ...] = tuple(f"{m}_latent_{s}" for m in _MODALITIES for s in ("mean", "std"))
-LATENT_COLUMNS: tuple[str, ...] = (*SCALAR_COLUMNS, "mask_latent", *LATENT_ARRAYS)
-_NULLABLE = ("rgb_shadow_latent_mean", "rgb_shadow_latent_std")
-_REMEDY = "rerun the latents stage (mesa stage latents)"
-
-_LATENT_SCHEMA = pa.schema(
-    [
-        *(SAMPLE_SCHEMA.field(c) for c in SCALAR_COLUMNS),
-        pa.field("mask_latent", pa.large_binary(), nullable=False),
-        *(pa.field(c, pa.large_binary(), nullable=c in _NULLABLE) for c in LATENT_ARRAYS),
-    ]
-)
-_STRING_COLUMNS = [f.name for f in _LATENT_SCHEMA if f.type == pa.string()]
-
+from components.samples.shards import SCALAR_COLUMNS, SampleShardError, SampleShardReader, read_sample_shard
 
 # ---------------------------------------------------------------------------------------------
 # Hashes of the VAE: what a cache was made with
@@ -241,9 +168,9 @@ def _encode_shard(
                     if writer is None:
                         state["shape"] = list(pending[0]["rgb_latent_mean"].shape)
                         meta = _latent_metadata(source, state["shape"], encoding, splits)
-                        schema = _LATENT_SCHEMA.with_metadata({LATENT_METADATA_KEY: meta})
+                        schema = LATENT_SCHEMA.with_metadata({LATENT_METADATA_KEY: meta})
                         writer = pq.ParquetWriter(
-                            tmp, schema, compression="zstd", use_dictionary=_STRING_COLUMNS,
+                            tmp, schema, compression="zstd", use_dictionary=STRING_COLUMNS,
                             write_statistics=list(SCALAR_COLUMNS),
                         )
                     # output row groups mirror the input's, whatever the encoding batch size
@@ -414,207 +341,3 @@ def write_disabled_manifest(out_dir: str | Path, reason: str = "params: latents.
     _remove_stale(out_dir, set())
     manifest = {"enabled": False, "format": LATENT_FORMAT, "version": LATENT_FORMAT_VERSION, "reason": str(reason)}
     return write_json_atomic(out_dir / MANIFEST_NAME, manifest)
-
-
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The cache folder's manifest.json (enabled or disabled), checked.
-
-    Args:
-        directory: the cache folder (``data/latents``).
-    """
-    path = Path(directory) / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no latent-cache manifest; run the latents stage (mesa stage latents), which "
-            "writes one whether the cache is enabled or not"
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise SampleShardError(f"{path}: not valid JSON ({err}); {_REMEDY}") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != LATENT_FORMAT or "enabled" not in manifest:
-        raise SampleShardError(f"{path}: not a {LATENT_FORMAT} manifest; {_REMEDY}")
-    if manifest.get("version") != LATENT_FORMAT_VERSION:
-        raise SampleShardError(
-            f"{path}: latent cache version {manifest.get('version')!r}, this code reads "
-            f"{LATENT_FORMAT_VERSION}; {_REMEDY}"
-        )
-    return manifest
-
-
-def latent_shards(directory: str | Path) -> list[Path]:
-    """The latent shards an enabled cache's manifest lists (refuses a disabled cache).
-
-    Args:
-        directory: the cache folder (``data/latents``).
-    """
-    manifest = read_manifest(directory)
-    if not manifest["enabled"]:
-        raise SampleShardError(
-            f"{Path(directory) / MANIFEST_NAME}: the latent cache is disabled ({manifest.get('reason')}); "
-            "train from the samples, or enable the cache and rerun the latents stage"
-        )
-    paths = [Path(directory) / s["name"] for s in manifest["shards"]]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise SampleShardError(f"latent shards {missing} are listed in the manifest but missing; {_REMEDY}")
-    return paths
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading
-
-
-class LatentShardReader(SampleShardReader):
-    """One open latent shard, read a row group at a time (the sample reader, latent columns)."""
-
-    metadata_key = LATENT_METADATA_KEY
-    format_name = LATENT_FORMAT
-    format_version = LATENT_FORMAT_VERSION
-    columns = LATENT_COLUMNS
-    scalar_columns = SCALAR_COLUMNS
-    nullable_arrays = _NULLABLE
-    remedy = _REMEDY
-
-
-def sample_posterior(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One draw ``mean + std * noise`` of the cached VAE posterior (before the scaling factor).
-
-    Args:
-        mean, std: (B, C, h, w) cached posterior mean and standard deviation.
-        generator: a ``torch.Generator`` (default None: torch's global one); the noise is drawn
-            on the generator's device, then moved to ``mean``'s, so a CPU generator gives the
-            same draw on any device.
-    """
-    if mean.shape != std.shape:
-        raise ValueError(f"mean {tuple(mean.shape)} and std {tuple(std.shape)} must have the same shape")
-    where = generator.device if generator is not None else mean.device
-    noise = torch.randn(tuple(mean.shape), generator=generator, device=where, dtype=torch.float32)
-    return mean + std * noise.to(device=mean.device, dtype=mean.dtype)
-
-
-_ENCODING_KEYS = ("dem_scale_m", "scaling_factor", "vae_config_sha256", "vae_weights_blake2b")
-
-
-def _cache_encoding(shards: Sequence[str]) -> dict[str, Any]:
-    """The encoding every shard records; refuses shards made by different VAEs or DEM scales."""
-    found: dict[str, Any] | None = None
-    for path in shards:
-        with LatentShardReader(path) as reader:
-            encoding = {k: reader.metadata.get(k) for k in _ENCODING_KEYS}
-        if found is None:
-            found, first = encoding, path
-        elif encoding != found:
-            raise SampleShardError(
-                f"{path} was encoded with {encoding} but {first} with {found}: the shards of one cache "
-                f"come from one latents run; {_REMEDY}"
-            )
-    assert found is not None
-    return found
-
-
-class LatentSampleDataset(TerrainSampleDataset):
-    """Cached latents streamed like ``TerrainSampleDataset`` streams samples.
-
-    The same split, rank / world_size / worker division, epoch order, caption augmentation and
-    shadow choice as ``TerrainSampleDataset`` (whose attributes it has); in addition:
-
-    Attributes:
-        scaling_factor: the VAE's scaling factor recorded in the cache (multiply draws by it).
-        vae_config_sha256, vae_weights_blake2b: the VAE the cache was made with.
-
-    Each item is a dict: ``rgb_latent_mean``, ``rgb_latent_std`` float32 (C, h, w) (the
-    shadow-corrected image's with ``shadow=True`` where the sample has one, else the plain
-    image's); ``dem_latent_mean``, ``dem_latent_std`` float32 (C, h, w); ``mask_latent``
-    float32 (1, h, w), 1 = valid; ``caption``, ``grid_cell``, ``sample_id`` str;
-    ``dem_mean_m`` float; ``shadow_used``, ``l1c_missing`` bool. Latents are unscaled.
-    """
-
-    shard_reader = LatentShardReader
-
-    def __init__(
-        self,
-        shards: Sequence[str | Path],
-        split: str = "train",
-        *,
-        dem_scale_m: float | None = None,
-        **options: Any,
-    ):
-        """Args:
-            shards: latent shards (``latent_shards("data/latents")``), any order.
-            split: the split read (default "train").
-            dem_scale_m: the DEM scale training expects (default None: the cache's). When
-                given, it must equal the scale the cache was encoded with.
-            **options: ``TerrainSampleDataset``'s keywords (seed, epoch, shuffle, shadow,
-                augmentation, rank, world_size, shuffle_buffer, drop_last), same defaults.
-        """
-        paths = [shards] if isinstance(shards, (str, Path)) else list(shards)
-        if not paths:
-            raise ValueError("LatentSampleDataset needs at least one latent shard (data/latents/*.parquet)")
-        encoding = _cache_encoding(sorted(dict.fromkeys(str(p) for p in paths)))
-        if dem_scale_m is not None and float(dem_scale_m) != encoding["dem_scale_m"]:
-            raise SampleShardError(
-                f"the latent cache was encoded with dem_scale_m {encoding['dem_scale_m']} but training uses "
-                f"{float(dem_scale_m)} (stats.json): {_REMEDY}"
-            )
-        self.scaling_factor = float(encoding["scaling_factor"])
-        self.vae_config_sha256 = encoding["vae_config_sha256"]
-        self.vae_weights_blake2b = encoding["vae_weights_blake2b"]
-        super().__init__(paths, split, dem_scale_m=encoding["dem_scale_m"], **options)
-
-    def _read(self, reader: SampleShardReader, group: int, rows: np.ndarray, copy: bool) -> list[dict[str, Any]]:
-        """The rows' latents (the chosen image variant as ``image_mean`` / ``image_std``)."""
-        image = "rgb_shadow" if self.shadow else "rgb"
-        wanted = [image + "_latent_mean", image + "_latent_std"]
-        scalars = ["sample_id", "grid_cell", "dem_mean_m", "l1c_missing", *DESCRIPTOR_COLUMNS]
-        columns = [*scalars, "mask_latent", "dem_latent_mean", "dem_latent_std", *wanted]
-        samples = reader.read_row_group(group, columns, rows)
-        fallback = [i for i, s in enumerate(samples) if s[wanted[0]] is None]
-        if fallback:
-            plain = reader.read_row_group(group, ["rgb_latent_mean", "rgb_latent_std"], rows[fallback])
-            for i, p in zip(fallback, plain):
-                samples[i] |= p
-        for sample in samples:
-            sample["shadow_used"] = self.shadow and sample.get("rgb_shadow_latent_mean") is not None
-            prefix = "rgb_shadow" if sample["shadow_used"] else "rgb"
-            sample["image_mean"] = sample[prefix + "_latent_mean"]
-            sample["image_std"] = sample[prefix + "_latent_std"]
-            for name in ("rgb", "rgb_shadow"):
-                sample.pop(name + "_latent_mean", None)
-                sample.pop(name + "_latent_std", None)
-            if copy:
-                # copies do not pin the whole row group's buffers while they wait in the shuffle buffer
-                for name in ("image_mean", "image_std", "dem_latent_mean", "dem_latent_std", "mask_latent"):
-                    sample[name] = sample[name].copy()
-        return samples
-
-    def _item(self, raw: dict[str, Any], epoch: int) -> dict[str, Any]:
-        def tensor(array: np.ndarray) -> torch.Tensor:
-            # read-only views of Arrow buffers are copied; shuffle-buffer copies are used as they are
-            return torch.from_numpy(np.require(array, requirements="W"))
-
-        return {
-            "rgb_latent_mean": tensor(raw["image_mean"]),
-            "rgb_latent_std": tensor(raw["image_std"]),
-            "dem_latent_mean": tensor(raw["dem_latent_mean"]),
-            "dem_latent_std": tensor(raw["dem_latent_std"]),
-            **self._common(raw, epoch),
-        }
-
-
-_LATENT_TENSORS = ("rgb_latent_mean", "rgb_latent_std", "dem_latent_mean", "dem_latent_std", "mask_latent")
-
-
-def collate_latents(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """A DataLoader batch of ``LatentSampleDataset`` items.
-
-    Args:
-        batch: the items (a non-empty sequence of dicts).
-
-    Returns:
-        ``rgb_latent_mean``, ``rgb_latent_std``, ``dem_latent_mean``, ``dem_latent_std``
-        float32 (B, C, h, w); ``mask_latent`` float32 (B, 1, h, w); ``dem_mean_m`` float32 (B,);
-        ``shadow_used``, ``l1c_missing`` bool (B,); ``caption``, ``grid_cell``, ``sample_id``
-        lists of str.
-    """
-    return collate_items(batch, _LATENT_TENSORS)

@@ -1,25 +1,16 @@
 """One MLflow run, logged from a training loop without ever blocking it.
 
 `RunLogger` wraps a run by id with `MlflowClient` (the fluent `mlflow.*` API keeps global state and
-is not thread-safe). Metrics, params, tags, images and artifacts go into one in-memory queue; a
-background thread sends them in order. While the tracking server is unreachable the thread
-retries with exponential back-off and training goes on; if the server is still down when the run
-finishes, what is left is written to a JSON-lines spill file that `replay_spill` sends later.
-
-MLflow's own HTTP client also retries (7 times with back-off, 120 s timeout by default: minutes per
-call). Against a server, `configure_client_retries` turns that down so outages reach our thread
-quickly; these environment variables are read by MLflow at each request:
-
-- ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (we set 1),
-- ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` (we set 1),
-- ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (seconds; we set 10).
-
-Values the user already set are kept.
+is not thread-safe). Metrics, params, tags, images and artifacts go into one in-memory queue
+(:class:`~components.tracking.spill.Entry` each); a background thread sends them in order. While
+the tracking server is unreachable the thread retries with exponential back-off and training goes
+on; if the server is still down when the run finishes, what is left is written to a JSON-lines
+spill file that :func:`~components.tracking.spill.replay_spill` sends later. Where runs live (and
+how quickly MLflow's own HTTP client gives up): :mod:`components.tracking.store`.
 """
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import shutil
 import sys
@@ -28,12 +19,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.atomic import rename_atomic, write_text_atomic
+from components.layout import SPILL_DIR
 from components.tracking.lineage import flatten_params
+from components.tracking.spill import Entry, send_entries, write_spill
+from components.tracking.store import ensure_experiment, is_transient, mlflow_client, tracking_uri
 
 # MLflow 3 accepts 6000 characters per param value, servers older than 2.x only 500. We keep the
 # smaller limit so the same code logs to either.
@@ -43,175 +35,6 @@ PARAMS_PER_BATCH = 100  # MLflow's limit for params (and tags) in one log_batch
 METRICS_PER_BATCH = 1000  # MLflow's limit for metrics in one log_batch
 BACKOFF_START_S = 0.2
 BACKOFF_CAP_S = 5.0
-
-CLIENT_HTTP_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-}
-
-# Error codes the server returns for a request that will never succeed as sent; everything else
-# (connection refused, timeouts, 5xx, a locked database) is treated as an outage and retried.
-_PERMANENT_ERROR_CODES = frozenset({
-    "INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
-    "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST",
-})
-
-
-# ----------------------------------------------------------------------------- where runs live
-def tracking_uri(project_dir: str | Path) -> str:
-    """The tracking URI: MLFLOW_TRACKING_URI when set, else SQLite inside the project.
-
-    Args:
-        project_dir (str | Path): the project root.
-
-    Returns:
-        str: e.g. ``http://mlflow:5000`` or ``sqlite:////abs/project/mlruns.db``.
-    """
-    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if env:
-        return env
-    return f"sqlite:///{Path(project_dir).resolve() / 'mlruns.db'}"
-
-
-def artifact_root(project_dir: str | Path) -> str:
-    """The file URI of the project's artifact folder, ``{project}/mlartifacts``.
-
-    Args:
-        project_dir (str | Path): the project root.
-    """
-    return (Path(project_dir).resolve() / "mlartifacts").as_uri()
-
-
-def is_server_uri(uri: str) -> bool:
-    """Whether `uri` names a tracking server (HTTP), not a database or folder we write directly.
-
-    Args:
-        uri (str): a tracking URI.
-    """
-    return uri.split(":", 1)[0].lower() in {"http", "https"}
-
-
-def configure_client_retries(uri: str, env: dict[str, str] | None = None) -> dict[str, str]:
-    """Turn MLflow's own HTTP retries down when `uri` is a server (see the module docstring).
-
-    Args:
-        uri (str): the tracking URI in use.
-        env (dict[str, str] | None, default None): the environment to change (os.environ).
-
-    Returns:
-        dict[str, str]: the variables this call set (empty for non-HTTP URIs or when the user had
-        set them all already).
-    """
-    env = os.environ if env is None else env
-    if not is_server_uri(uri):
-        return {}
-    changed = {}
-    for key, value in CLIENT_HTTP_ENV.items():
-        if key not in env:
-            env[key] = value
-            changed[key] = value
-    return changed
-
-
-def ensure_experiment(client: Any, name: str, project_dir: str | Path) -> str:
-    """The id of experiment `name`, created when missing (restored when deleted).
-
-    Args:
-        client (mlflow.MlflowClient): a client for the tracking URI in use.
-        name (str): experiment name.
-        project_dir (str | Path): the project root; for a database or folder store, artifacts of a
-            new experiment go to ``{project}/mlartifacts`` (without an explicit location MLflow
-            writes them under ./mlruns of whatever the working directory is). A server chooses
-            its own location (its proxied artifact store).
-
-    Returns:
-        str: the experiment id.
-    """
-    from mlflow.exceptions import MlflowException
-
-    found = client.get_experiment_by_name(name)
-    if found is None:
-        location = None if is_server_uri(client.tracking_uri) else artifact_root(project_dir)
-        try:
-            return client.create_experiment(name, artifact_location=location)
-        except MlflowException as err:
-            # Another process (a second rank, a parallel ablation) created it first.
-            if err.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            found = client.get_experiment_by_name(name)
-    if found.lifecycle_stage == "deleted":
-        client.restore_experiment(found.experiment_id)
-    return found.experiment_id
-
-
-# ----------------------------------------------------------------------------- queue entries
-@dataclass
-class _Entry:
-    """One queued logging call; `data` is JSON-serialisable so it can be spilled as is."""
-
-    kind: str  # metrics | params | tags | artifact | image | terminate
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def metric_count(self) -> int:
-        return len(self.data["metrics"]) if self.kind == "metrics" else 0
-
-    def to_json(self) -> str:
-        return json.dumps({"kind": self.kind, **self.data})
-
-    @classmethod
-    def from_json(cls, line: str) -> _Entry:
-        data = json.loads(line)
-        return cls(data.pop("kind"), data)
-
-
-def send_entries(client: Any, run_id: str, entries: list[_Entry]) -> None:
-    """Send queued entries to MLflow, in order (consecutive metrics entries in one log_batch).
-
-    Args:
-        client (mlflow.MlflowClient): the client.
-        run_id (str): the run.
-        entries (list[_Entry]): what to send; metrics entries together hold at most
-            METRICS_PER_BATCH metrics when more than one is given.
-    """
-    from mlflow.entities import Metric, Param, RunTag
-
-    metrics = [Metric(k, float(v), int(ts), int(step))
-               for e in entries if e.kind == "metrics" for k, v, ts, step in e.data["metrics"]]
-    if metrics:
-        client.log_batch(run_id, metrics=metrics)
-    for entry in (e for e in entries if e.kind != "metrics"):
-        if entry.kind == "params":
-            client.log_batch(run_id, params=[Param(k, v) for k, v in entry.data["params"]])
-        elif entry.kind == "tags":
-            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in entry.data["tags"]])
-        elif entry.kind in ("artifact", "image"):
-            path = Path(entry.data["path"])
-            if path.is_dir():
-                client.log_artifacts(run_id, str(path), entry.data.get("artifact_path"))
-            else:
-                client.log_artifact(run_id, str(path), entry.data.get("artifact_path"))
-        elif entry.kind == "terminate":
-            client.set_terminated(run_id, entry.data["status"], entry.data["end_time"])
-        else:
-            raise ValueError(f"unknown tracking entry kind {entry.kind!r}")
-
-
-def is_transient(err: BaseException) -> bool:
-    """Whether sending may succeed later (an outage), as opposed to a request the server refuses.
-
-    Args:
-        err (BaseException): what a send raised.
-    """
-    from mlflow.exceptions import MlflowException
-
-    # A missing local file or a malformed value: retrying the same call cannot help.
-    if isinstance(err, (FileNotFoundError, ValueError, TypeError)):
-        return False
-    if isinstance(err, MlflowException):
-        return err.error_code not in _PERMANENT_ERROR_CODES
-    return True
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -229,7 +52,6 @@ def _say(message: str) -> None:
 
 def _truncate(value: str, limit: int) -> str:
     return value if len(value) <= limit else value[: limit - 3] + "..."
-
 
 # ----------------------------------------------------------------------------- images
 def _to_pil(image: Any):
@@ -297,13 +119,6 @@ def _system_metrics_monitor(run_id: str, uri: str, interval_s: float, sink: Call
 
 
 # ----------------------------------------------------------------------------- the run logger
-def _client_for(project_dir: str | Path, uri: str | None):
-    """(uri, MlflowClient) for the project's store or `uri`, with the client's own retries kept low."""
-    from mlflow import MlflowClient
-
-    uri = uri or tracking_uri(project_dir)
-    configure_client_retries(uri)
-    return uri, MlflowClient(uri)
 
 
 class RunLogger:
@@ -344,7 +159,7 @@ class RunLogger:
         self.tracking_uri = client.tracking_uri
         self.spill_dir = Path(spill_dir)
         self.dropped: list[str] = []
-        self._queue: deque[_Entry] = deque()
+        self._queue: deque[Entry] = deque()
         self._cond = threading.Condition()
         self._inflight = 0
         self._pending_metrics = 0
@@ -402,7 +217,8 @@ class RunLogger:
         """
         if not enabled:
             return cls.disabled()
-        uri, client = _client_for(project_dir, uri)
+        uri = uri or tracking_uri(project_dir)
+        client = mlflow_client(uri=uri)
         try:
             experiment_id = ensure_experiment(client, experiment, project_dir)
             run = client.create_run(
@@ -416,7 +232,7 @@ class RunLogger:
                 f"could not create an MLflow run at {uri} ({err}); start the tracking server, or "
                 "unset MLFLOW_TRACKING_URI to log to the project's SQLite store"
             ) from err
-        return cls(client, run.info.run_id, Path(project_dir) / "mlruns-spill",
+        return cls(client, run.info.run_id, Path(project_dir) / SPILL_DIR,
                    system_metrics=system_metrics, system_metrics_interval_s=system_metrics_interval_s)
 
     @classmethod
@@ -429,14 +245,15 @@ class RunLogger:
         """
         if not enabled:
             return cls.disabled()
-        uri, client = _client_for(project_dir, uri)
+        uri = uri or tracking_uri(project_dir)
+        client = mlflow_client(uri=uri)
         try:
             client.get_run(run_id)
             client.update_run(run_id, status="RUNNING")
         except Exception as err:
             raise RuntimeError(f"cannot resume MLflow run {run_id} at {uri} ({err}); the checkpoint was logged "
                                "to another tracking store: set MLFLOW_TRACKING_URI to it, or train.resume: none") from err
-        return cls(client, run_id, Path(project_dir) / "mlruns-spill", system_metrics=system_metrics)
+        return cls(client, run_id, Path(project_dir) / SPILL_DIR, system_metrics=system_metrics)
 
     @classmethod
     def disabled(cls) -> RunLogger:
@@ -479,7 +296,7 @@ class RunLogger:
             return
         flat = [[k, _truncate(v, PARAM_VALUE_MAX)] for k, v in flatten_params(nested).items()]
         for chunk in _chunks(flat, PARAMS_PER_BATCH):
-            self._enqueue(_Entry("params", {"params": chunk}))
+            self._enqueue(Entry("params", {"params": chunk}))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set run tags (values stringified, cut to TAG_VALUE_MAX characters).
@@ -491,7 +308,7 @@ class RunLogger:
             return
         items = [[str(k), _truncate(str(v), TAG_VALUE_MAX)] for k, v in tags.items()]
         for chunk in _chunks(items, PARAMS_PER_BATCH):
-            self._enqueue(_Entry("tags", {"tags": chunk}))
+            self._enqueue(Entry("tags", {"tags": chunk}))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Queue metric values at `step`; returns at once (the background thread sends them).
@@ -530,7 +347,7 @@ class RunLogger:
             staged = self._staging / f"{self._image_seq:06d}" / name
         staged.parent.mkdir(parents=True)
         _to_pil(image).save(staged)
-        self._enqueue(_Entry("image", {"path": str(staged), "artifact_path": folder}))
+        self._enqueue(Entry("image", {"path": str(staged), "artifact_path": folder}))
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Queue a text file artifact (written now, uploaded in the background).
@@ -550,7 +367,7 @@ class RunLogger:
         staged.write_bytes(text.encode("utf-8", errors="surrogateescape"))
         folder = path.parent.as_posix()
         # Queued like an image: a staged file of our own, moved into the spill folder if unsent.
-        self._enqueue(_Entry("image", {"path": str(staged), "artifact_path": None if folder in ("", ".") else folder}))
+        self._enqueue(Entry("image", {"path": str(staged), "artifact_path": None if folder in ("", ".") else folder}))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Queue a file or folder for upload. It is read when sent: leave it in place until
@@ -568,7 +385,7 @@ class RunLogger:
         path = Path(path).resolve()
         if not path.exists():
             raise FileNotFoundError(f"log_artifact: {path} does not exist")
-        self._enqueue(_Entry("artifact", {"path": str(path), "artifact_path": artifact_path}))
+        self._enqueue(Entry("artifact", {"path": str(path), "artifact_path": artifact_path}))
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until everything queued so far has been sent.
@@ -603,7 +420,7 @@ class RunLogger:
         atexit.unregister(self._at_exit)
         if self._monitor is not None:
             self._monitor.finish()  # its last sample is queued before the terminate call
-        self._enqueue(_Entry("terminate", {"status": status, "end_time": _now_ms()}))
+        self._enqueue(Entry("terminate", {"status": status, "end_time": _now_ms()}))
         self.flush(timeout_s)
         with self._cond:
             self._abandon = True
@@ -625,7 +442,7 @@ class RunLogger:
         self.finish("FAILED" if exc_type is not None else "FINISHED")
 
     # ------------------------------------------------------------------ internals
-    def _enqueue(self, entry: _Entry) -> None:
+    def _enqueue(self, entry: Entry) -> None:
         with self._cond:
             self._queue.append(entry)
             self._pending_metrics += entry.metric_count
@@ -635,9 +452,9 @@ class RunLogger:
         now = _now_ms()
         rows = [[k, v, now, step] for k, v in values.items()]
         for chunk in _chunks(rows, METRICS_PER_BATCH):
-            self._enqueue(_Entry("metrics", {"metrics": chunk}))
+            self._enqueue(Entry("metrics", {"metrics": chunk}))
 
-    def _take(self) -> list[_Entry]:
+    def _take(self) -> list[Entry]:
         """The head of the queue to send next (caller holds the lock): consecutive metrics entries
         up to METRICS_PER_BATCH values, or one other entry. Entries stay queued until sent."""
         head = self._queue[0]
@@ -706,20 +523,9 @@ class RunLogger:
             _say(f"tracking server reachable again; sent {self._recovered_sent} buffered metrics")
             self._recovered_sent = None
 
-    def _spill(self, entries: list[_Entry], waited_s: float) -> Path:
-        """Write unsent entries (and the images they reference) to the spill folder."""
-        self.spill_dir.mkdir(parents=True, exist_ok=True)
-        files = self.spill_dir / f"{self.run_id}-files"
-        lines = [json.dumps({"kind": "run", "run_id": self.run_id, "tracking_uri": self.tracking_uri})]
-        for entry in entries:
-            if entry.kind == "image":
-                source = Path(entry.data["path"])
-                target = files / source.parent.name / source.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(source), target)
-                entry = _Entry("image", {**entry.data, "path": str(target.resolve())})
-            lines.append(entry.to_json())
-        path = write_text_atomic(self.spill_dir / f"{self.run_id}.jsonl", "\n".join(lines) + "\n", encoding="utf-8")
+    def _spill(self, entries: list[Entry], waited_s: float) -> Path:
+        """Write unsent entries (and the images they reference) to the spill folder, and say where."""
+        path = write_spill(self.spill_dir, self.run_id, self.tracking_uri, entries)
         shutil.rmtree(self._staging, ignore_errors=True)
         metrics = sum(e.metric_count for e in entries)
         _say(f"tracking server still unreachable after {waited_s:g} s: wrote {len(entries)} unsent "
@@ -733,47 +539,3 @@ class RunLogger:
             self.finish("KILLED", timeout_s=10.0)
         except Exception as err:
             _say(f"could not finish run {self.run_id} at exit: {err}")
-
-
-def replay_spill(path: str | Path, uri: str | None = None, client: Any = None) -> int:
-    """Send a spill file written by `RunLogger.finish`, in order.
-
-    Args:
-        path (str | Path): the ``.jsonl`` spill file.
-        uri (str | None, default None): tracking URI; None uses the one recorded in the file.
-        client (mlflow.MlflowClient | None, default None): a client to use instead of `uri`.
-
-    Returns:
-        int: how many entries were sent. The file is then renamed ``*.jsonl.replayed`` so a second
-        call cannot send the same values twice.
-
-    Raises:
-        RuntimeError: when sending fails part-way; the entries not sent stay in the file (rewritten
-            without those that were), so calling again later continues where this one stopped.
-    """
-    path = Path(path)
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines:
-        raise ValueError(f"{path} is empty; it is not a spill file written by RunLogger.finish")
-    header = json.loads(lines[0])
-    if header.get("kind") != "run":
-        raise ValueError(f"{path}: first line is not the run header; was it written by RunLogger.finish?")
-    if client is None:
-        from mlflow import MlflowClient
-
-        uri = uri or header["tracking_uri"]
-        configure_client_retries(uri)
-        client = MlflowClient(uri)
-    entries = [_Entry.from_json(line) for line in lines[1:]]
-    for done, entry in enumerate(entries):
-        try:
-            send_entries(client, header["run_id"], [entry])
-        except Exception as err:
-            rest = [lines[0], *lines[1 + done:]]
-            write_text_atomic(path, "\n".join(rest) + "\n", encoding="utf-8")
-            raise RuntimeError(
-                f"replaying {path}: sent {done} of {len(entries)} entries, then {err}; the rest "
-                "stay in the file: call replay_spill again when the server is reachable"
-            ) from err
-    rename_atomic(path, path.with_name(path.name + ".replayed"))
-    return len(entries)

@@ -1,0 +1,113 @@
+"""The groups that change where and when the pipeline runs, not what it computes: ``runner``,
+``registry``, ``versioning``, ``deploy``, ``ablation`` (not DVC params of any stage)."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, StrictBool, field_validator
+
+from components.config.base import Count, NonBlank, NonNegativeFloat, ParamsModel, shadowing
+
+
+class RunnerConfig(ParamsModel):
+    """params.yaml ``runner``: where per-shard work runs.
+
+    Attributes:
+        kind: ``threads`` (each stage's ``workers`` in its process) or ``dask`` (prefect-dask).
+        dask_address: an existing cluster (kind dask); None: a local cluster.
+        dask_workers: worker processes of the local cluster (default 2).
+    """
+
+    GROUP = "runner"
+
+    kind: Literal["threads", "dask"] = "threads"
+    dask_address: Optional[NonBlank] = None
+    dask_workers: Count = 2
+
+
+class GateConfig(ParamsModel):
+    """``registry.gate``: what a challenger must meet (components.tracking.registry.PromotionGate).
+
+    Attributes:
+        max_regression: no gated metric may be worse than the champion's by more than this
+            fraction (0.1 = 10 %; default 0).
+        metrics: the metrics compared with the champion's (None: all).
+        floors: absolute minimums of higher-is-better metrics.
+        ceilings: absolute maximums of lower-is-better metrics.
+    """
+
+    GROUP = "registry.gate"
+
+    max_regression: NonNegativeFloat = 0.0
+    metrics: Optional[list[NonBlank]] = None
+    floors: dict[str, float] = Field(default_factory=dict)
+    ceilings: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("floors", "ceilings", mode="before")
+    @classmethod
+    def _null_is_none(cls, value):
+        return {} if value is None else value
+
+    @field_validator("floors", "ceilings")
+    @classmethod
+    def _finite(cls, value):
+        bad = {metric: limit for metric, limit in value.items() if limit != limit or abs(limit) == float("inf")}
+        if bad:
+            raise ValueError(f"limits must be finite numbers, got {bad}")
+        return value
+
+
+# `register` is also ABCMeta.register (pydantic models are ABCs): the key keeps its name.
+with shadowing("register"):
+    class RegistryConfig(ParamsModel):
+        """params.yaml ``registry``: the MLflow registered model, and what retrain does with it."""
+
+        GROUP = "registry"
+
+        model_name: NonBlank = "mesa"
+        register: bool = True
+        promote: bool = True
+        gate: GateConfig = Field(default_factory=GateConfig)
+
+
+class VersioningConfig(ParamsModel):
+    """params.yaml ``versioning``: ``push`` every DVC output to ``remote`` (None: the default one)."""
+
+    GROUP = "versioning"
+
+    push: bool = False
+    remote: Optional[NonBlank] = None
+
+
+class DeployConfig(ParamsModel):
+    """params.yaml ``deploy``: Prefect deployments (only retrain is scheduled).
+
+    Attributes:
+        retrain_cron: five (or six) cron fields, e.g. "0 3 * * 1"; None: on demand only.
+        timezone: of the cron (None: UTC).
+        work_pool: the Prefect work pool (None: mesa-process).
+    """
+
+    GROUP = "deploy"
+
+    retrain_cron: Optional[str] = None
+    timezone: Optional[str] = "UTC"
+    work_pool: Optional[str] = "mesa-process"
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _cron_fields(cls, value):
+        if value is not None and len(value.split()) not in (5, 6):
+            raise ValueError("must be a cron expression: five fields (minute hour day-of-month month day-of-week), "
+                             "e.g. \"0 3 * * 1\" for Mondays 03:00, or null for no schedule")
+        return value
+
+
+class AblationConfig(ParamsModel):
+    """params.yaml ``ablation``: shadow correction x caption dropout, each a non-empty list of true/false."""
+
+    GROUP = "ablation"
+
+    shadow: list[StrictBool] = Field(min_length=1)
+    caption_dropout: list[StrictBool] = Field(min_length=1)
+    experiment: Optional[str] = "mesa-ablation"

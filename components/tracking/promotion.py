@@ -1,0 +1,217 @@
+"""The registry steps of the main job: register the trained pipeline, judge a challenger, roll back.
+
+Every decision is made with the gate in params.yaml ``registry.gate``
+(:class:`components.tracking.registry.PromotionGate`), against numbers from the same held-out
+evaluation: a version whose evaluation fingerprint differs from the current one (the held-out set,
+the evaluate settings or the metric code changed) is evaluated again first, by the `evaluate`
+callback the caller passes (flows/promote.py runs the evaluate stage's flow).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from components.layout import METRICS_REPORT, PIPELINE_DIR, PROMOTION_REPORT, RUN_RECORD
+
+# (model URI, label) -> the evaluate stage's report of that model on the current held-out set
+Evaluate = Callable[[str, str], dict[str, Any]]
+
+
+def model_exists(client: Any, name: str) -> bool:
+    """Whether the registry has a registered model `name`.
+
+    Args:
+        client (mlflow.MlflowClient): a client on the project's store.
+        name (str): the registered model's name.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+        return True
+    except MlflowException:
+        return False
+
+
+def register_trained(project_dir: str | Path, name: str, *, client: Any = None, lock_path: str | Path | None = None,
+                     say: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """Register models/pipeline from the run in models/train_run.json, with its evaluation as tags.
+
+    Idempotent: a logged model that already has a version is not registered again (``new`` is
+    False and no alias moves); a resumed run that trained further logs a new model and gets a new
+    version. A new version gets the alias ``challenger``.
+
+    Args:
+        project_dir (str | Path): the project.
+        name (str): the registered model's name (params ``registry.model_name``).
+        client (mlflow.MlflowClient | None, default None): a client on its store; None: the
+            project's, opened only once there is something to register (a SQLite store is created
+            on opening).
+        lock_path (str | Path | None, default None): the file that serialises registry changes.
+        say (Callable[[str], None], default print): what happened, one line.
+
+    Returns:
+        ``{"model", "version", "run_id", "new"}``, or None when there is no trained pipeline yet.
+
+    Raises:
+        FileNotFoundError: a trained pipeline without reports/metrics.json (run the evaluate stage).
+    """
+    from components.tracking import registry
+    from components.tracking.pyfunc import log_pipeline_model
+
+    root = Path(project_dir)
+    record_path, metrics_path = root / RUN_RECORD, root / METRICS_REPORT
+    if not record_path.exists():
+        say("[register] no models/train_run.json: nothing trained yet, nothing registered")
+        return None
+    if not metrics_path.exists():
+        raise FileNotFoundError(f"{metrics_path} is missing: run the evaluate stage before registering "
+                                "(the promotion gate judges the version by it)")
+    record, report = json.loads(record_path.read_text()), json.loads(metrics_path.read_text())
+    if client is None:
+        from components.tracking.store import mlflow_client
+
+        client = mlflow_client(root)
+    known = model_exists(client, name)
+    model_uri = record.get("model_uri")
+    if not model_uri:  # train.log_model was off: log it now, once per run
+        logged = registry.find_version_for_run(client, name, record["run_id"]) if known else None
+        model_uri = logged.source if logged else log_pipeline_model(
+            record["run_id"], root / PIPELINE_DIR, uri=client.tracking_uri)
+    before = registry.find_version_for_model(client, name, record["run_id"], model_uri) if known else None
+    version = registry.register_pipeline(client, name, record["run_id"], model_uri, report, lock_path=lock_path)
+    # Registering and naming the challenger are one step: a version a killed run left without its
+    # alias is completed here, and counts as new so that the gate judges it.
+    new = not registry.registration_complete(version)
+    if new:
+        registry.complete_registration(client, name, version.version)
+    state = ("registered (alias challenger)" if before is None else
+             "completed: a stopped run had registered it without its challenger alias" if new else
+             "already registered (this logged model): nothing new")
+    say(f"[register] {name} version {version.version} {state}")
+    return {"model": name, "version": int(version.version), "run_id": record["run_id"], "new": new}
+
+
+def current_fingerprint(project_dir: str | Path) -> str | None:
+    """The evaluation fingerprint of reports/metrics.json (None without one, e.g. in a fresh checkout).
+
+    Args:
+        project_dir (str | Path): the project.
+    """
+    metrics = Path(project_dir) / METRICS_REPORT
+    return json.loads(metrics.read_text()).get("evaluation_fingerprint") if metrics.exists() else None
+
+
+def refresh_if_stale(client: Any, name: str, version: Any, fingerprint: str | None, evaluate: Evaluate,
+                     say: Callable[[str], None] = print) -> str | None:
+    """Re-evaluate `version` when its evaluation is not the current one (or there is no current one
+    in this checkout), retag it, and return the fingerprint its metrics now carry.
+
+    Args:
+        client (mlflow.MlflowClient): a client on the project's store.
+        name (str): the registered model.
+        version (mlflow.entities.model_registry.ModelVersion | None): the version; None does nothing.
+        fingerprint (str | None): the current evaluation's fingerprint.
+        evaluate (Callable[[str, str], dict]): (model URI, label) -> its evaluation report.
+        say (Callable[[str], None], default print): progress lines.
+    """
+    from components.tracking import registry
+
+    if version is None:
+        return fingerprint
+    if fingerprint is not None and (version.tags or {}).get(registry.EVALUATION_TAG) == fingerprint:
+        return fingerprint
+    say(f"[promote] version {version.version} was not evaluated on this checkout's held-out set and "
+        "metric code: evaluating it again")
+    report = evaluate(f"models:/{name}/{version.version}", f"{name}-v{version.version}")
+    registry.retag_evaluation(client, name, version.version, report)
+    return report.get("evaluation_fingerprint")
+
+
+def judge_challenger(project_dir: str | Path, client: Any, name: str, gate: Any, evaluate: Evaluate, *,
+                     version: int | None = None, lock_path: str | Path | None = None,
+                     say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Judge the challenger (or `version`) against the champion with `gate`; move ``champion`` if it passes.
+
+    Both are compared on the current held-out evaluation (reports/metrics.json's fingerprint): a
+    version evaluated otherwise is evaluated again first. The decision and the compared numbers
+    are tags on the version (the registry records them) and on the challenger's training run.
+
+    Args:
+        project_dir (str | Path): the project.
+        client (mlflow.MlflowClient): a client on its store.
+        name (str): the registered model.
+        gate (PromotionGate): the promotion gate.
+        evaluate (Callable[[str, str], dict]): (model URI, label) -> its evaluation report.
+        version (int | None, default None): judge this version instead of the challenger alias.
+        lock_path (str | Path | None, default None): the file that serialises registry changes.
+        say (Callable[[str], None], default print): progress lines.
+
+    Returns:
+        ``{"model", "version", "promoted", "champion", "reasons", "compared"}``.
+
+    Raises:
+        LookupError: there is no challenger (and no `version`).
+    """
+    from components.tracking import registry
+
+    root = Path(project_dir)
+    challenger = (client.get_model_version(name, str(version)) if version is not None
+                  else registry.get_alias_version(client, name, registry.CHALLENGER))
+    if challenger is None:
+        raise LookupError(f"registered model {name!r} has no challenger: run `mesa retrain` (it registers the "
+                          "trained pipeline) or pass --version")
+    # Without reports/metrics.json (e.g. a fresh checkout) the challenger's new evaluation is the reference.
+    current = refresh_if_stale(client, name, challenger, current_fingerprint(root), evaluate, say)
+    champion = registry.get_alias_version(client, name, registry.CHAMPION)
+    refresh_if_stale(client, name, champion, current, evaluate, say)
+    decision = registry.promote(client, name, gate, challenger.version, lock_path=lock_path)
+    champion = registry.get_alias_version(client, name, registry.CHAMPION)
+    outcome = {"model": name, "version": int(challenger.version), "promoted": decision.promote,
+               "champion": None if champion is None else int(champion.version), "reasons": decision.reasons,
+               "compared": decision.compared}
+    record_on_run(root, challenger.run_id, outcome)
+    return outcome
+
+
+def record_on_run(project_dir: str | Path, run_id: str | None, outcome: dict[str, Any]) -> None:
+    """The decision on the challenger's training run: tags, and the compared numbers as JSON.
+
+    Args:
+        project_dir (str | Path): the project (reports/promotion.json is written there too).
+        run_id (str | None): the training run; None does nothing.
+        outcome (dict): from :func:`judge_challenger`.
+    """
+    if not run_id:
+        return
+    from components.atomic import write_json_atomic
+    from components.tracking.run_logger import RunLogger
+
+    root = Path(project_dir)
+    tracker = RunLogger.resume(run_id, root, system_metrics=False)
+    tracker.set_tags({"promotion.decision": "promoted" if outcome["promoted"] else "rejected",
+                      "promotion.version": outcome["version"], "promotion.champion": outcome["champion"]})
+    path = root / PROMOTION_REPORT
+    write_json_atomic(path, outcome)
+    tracker.log_artifact(str(path), "promotion")
+    tracker.finish()
+
+
+def roll_back(client: Any, name: str, *, lock_path: str | Path | None = None) -> dict[str, Any]:
+    """Move ``champion`` back to the version the current champion replaced.
+
+    Args:
+        client (mlflow.MlflowClient): a client on the project's store.
+        name (str): the registered model.
+        lock_path (str | Path | None, default None): the file that serialises registry changes.
+
+    Returns:
+        ``{"model", "champion", "was"}``: the champion now and before.
+    """
+    from components.tracking import registry
+
+    was = registry.get_alias_version(client, name, registry.CHAMPION)
+    now = registry.rollback(client, name, lock_path=lock_path)
+    return {"model": name, "champion": now, "was": None if was is None else int(was.version)}
