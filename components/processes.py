@@ -17,6 +17,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -53,6 +54,48 @@ def stop_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def lifeline(process: subprocess.Popen, what: str) -> Iterator[None]:
+    """Within the block, `process` ending on its own ends this process too (children first).
+
+    For a server the process cannot work without: when a whole process group is stopped at once
+    (systemd, Ctrl-C in a terminal) the server goes first, and every later report to it would be
+    retried for minutes. Leaving the block (and then stopping the server) is the expected end.
+    """
+    leaving = threading.Event()
+
+    def watch():
+        code = process.wait()
+        if leaving.is_set():
+            return
+        print(f"\n{what} ended (exit {code}): stopping this process and what it started", file=sys.stderr,
+              flush=True)
+        stop_children()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        os._exit(128 - code if code < 0 else 1)  # killed by signal N: 128 + N, like a shell
+
+    threading.Thread(target=watch, name=f"lifeline {process.pid}", daemon=True).start()
+    try:
+        yield
+    finally:
+        leaving.set()
+
+
+def stop_children(grace_s: float = 2.0) -> None:
+    """SIGTERM to every descendant of this process, SIGKILL to those left after `grace_s`."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 def stop_process_group(process: subprocess.Popen, grace_s: float = GRACE_SECONDS) -> None:

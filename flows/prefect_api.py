@@ -26,7 +26,7 @@ def owned_prefect_api() -> Iterator[str]:
     """
     from prefect.settings import get_current_settings
 
-    from components.processes import Terminated, stop_on_sigterm
+    from components.processes import Terminated, lifeline, stop_on_sigterm
 
     with stop_on_sigterm():
         configured = get_current_settings().api.url
@@ -38,7 +38,7 @@ def owned_prefect_api() -> Iterator[str]:
         server = SubprocessASGIServer()
         try:
             server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
-            with use_api(server.api_url):
+            with lifeline(server.server_process, "the temporary Prefect server"), use_api(server.api_url):
                 try:
                     yield server.api_url
                 except (Terminated, KeyboardInterrupt):

@@ -144,7 +144,7 @@ def test_deployment_specs_follow_params():
     assert specs["promote"].cron is None and specs["promote"].work_pool == "gpu"
     assert specs["retrain"].parameters == {"project_dir": str(Path("/srv/mesa").resolve())}
     params["deploy"]["retrain_cron"] = "weekly"
-    with pytest.raises(ValueError, match=r"deploy.retrain_cron 'weekly' is not a cron expression"):
+    with pytest.raises(ValueError, match=r"deploy\.retrain_cron = 'weekly': must be a cron expression"):
         deployment_specs("/srv/mesa", params)
 
 

@@ -106,6 +106,41 @@ def _hold_lock(path: Path, seconds: float) -> subprocess.Popen:
     return holder
 
 
+def test_a_process_whose_lifeline_ends_stops_its_children_and_exits_with_the_signal(tmp_path):
+    # A parent that runs a "server" and a worker under lifeline(server), then waits forever.
+    script = textwrap.dedent("""
+        import subprocess, sys, time
+        from components.processes import lifeline
+        server = subprocess.Popen(["sleep", "60"])
+        worker = subprocess.Popen(["sleep", "60"])
+        print(server.pid, worker.pid, flush=True)
+        with lifeline(server, "the test server"):
+            time.sleep(60)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    server, worker = map(int, parent.stdout.readline().split())
+    os.kill(server, signal.SIGTERM)
+    assert parent.wait(timeout=15) == 128 + signal.SIGTERM
+    assert "the test server ended (exit -15)" in parent.stderr.read()
+    assert _gone(worker)
+
+
+def test_leaving_a_lifeline_first_makes_the_end_of_its_process_expected(tmp_path):
+    script = textwrap.dedent("""
+        import subprocess
+        from components.processes import lifeline
+        server = subprocess.Popen(["sleep", "60"])
+        with lifeline(server, "the test server"):
+            pass
+        server.terminate(); server.wait()
+        print("still here", flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=30)
+    assert (done.returncode, done.stdout.strip()) == (0, "still here")
+
+
 def test_a_held_lock_refuses_at_once_naming_its_holder(tmp_path):
     path = tmp_path / ".mesa-retrain.lock"
     holder = _hold_lock(path, 30)
