@@ -3,6 +3,9 @@
 Real DVC (`dvc exp run --temp -S` in temporary copies of a fresh git repository), real MLflow (the
 project's SQLite store), real Prefect (the test harness server), the micro profile. The table's
 own logic has fast tests in tests/unit/test_ablation_table.py.
+
+Slow tier: the module's fixture ablates twice (four micro trainings, then a rerun DVC skips),
+about 5 minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_micro_project
+
+pytestmark = pytest.mark.slow
 
 VARIANTS = {"shadow-on_dropout-on", "shadow-on_dropout-off", "shadow-off_dropout-on", "shadow-off_dropout-off"}
 EXPERIMENT = "mesa-ablation"

@@ -148,7 +148,9 @@ def test_deployment_specs_follow_params():
         deployment_specs("/srv/mesa", params)
 
 
+@pytest.mark.slow
 def test_served_deployments_run_when_triggered(project, prefect_api, tmp_path):
+    """Slow tier: `mesa deploy` serving on the harness server and one synth run through it, about 1 minute."""
     log = tmp_path / "mesa-deploy.log"
     with background([str(BIN / "mesa"), "deploy"], project, process_env(prefect_api), log) as served:
         retrain = wait_for(lambda: read_deployment(RETRAIN, project), "the served deployments", served, log)
@@ -166,7 +168,9 @@ def test_served_deployments_run_when_triggered(project, prefect_api, tmp_path):
     assert "Stopped serving" in log.read_text()
 
 
+@pytest.mark.slow
 def test_a_process_worker_runs_the_work_pool_deployment(project, prefect_api, tmp_path):
+    """Slow tier: `prefect deploy --all`, a process worker and one (skipped) synth run, about 1 minute."""
     env = process_env(prefect_api)
     log = tmp_path / "worker.log"
 

@@ -23,6 +23,7 @@ def _dvc(root, *args, env):
 
 @pytest.mark.slow
 def test_dvc_repro_ingest_then_validate_reads_the_ingested_cells(micro_world, prefect_api, tmp_path):
+    """Slow tier: two `dvc repro` runs (ingest from a local HTTP mirror, then validate), about 30 s."""
     raw, _ = micro_world
     root = make_micro_project(tmp_path / "project")
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "DVC_NO_ANALYTICS": "1"}

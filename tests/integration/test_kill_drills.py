@@ -3,6 +3,9 @@
 Each stage runs in its own process group, so a drill kills exactly one stage (SIGSTOP to freeze it
 where it is, a look at what is on disk, then SIGKILL) and checks what the flow does next: retry
 from the last checkpoint, fail without touching versions, or finish a half-done registration.
+
+Slow tier: one micro retrain for the module, four trainings cut short and resumed, four SIGTERM
+drills on a fresh project, about 10 minutes on 2 cores.
 """
 from __future__ import annotations
 

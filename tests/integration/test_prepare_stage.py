@@ -110,8 +110,11 @@ def test_an_all_cloud_footprint_is_rejected_with_a_reason(prepared, tmp_path):
     assert samples == [] and [r["reason"] for r in rejected] == ["all_masked", "all_masked"]
 
 
+@pytest.mark.slow
 def test_prepare_on_a_local_dask_cluster_writes_the_same_bytes(prepared_project, tmp_path):
-    """prefect-dask on a real LocalCluster of 2 worker processes: byte-identical shards."""
+    """prefect-dask on a real LocalCluster of 2 worker processes: byte-identical shards.
+
+    Slow tier: starting the cluster and its two workers, about 1 minute on 2 cores."""
     import shutil
 
     import yaml

@@ -2,6 +2,9 @@
 
 One micro project for the module: `retrain` registers version 1 and pushes its data to the local
 DVC remote. Real DVC in a temporary git repository, real MLflow on SQLite, the Prefect test harness.
+
+Slow tier: one micro retrain, one rebuild of it (a second pipeline run) and two gc passes,
+about 6 minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import pytest
 import yaml
 
 from tests.conftest import make_micro_project, set_params
+
+pytestmark = pytest.mark.slow
 
 DATA_OUTS = {"data/raw", "data/curated/index.parquet", "data/curated/rejected.parquet",
              "data/captions/captions.parquet", "data/samples", "models/vae", "data/latents"}

@@ -1,6 +1,9 @@
 """The main job's spine: the retrain flow runs the DVC stages as Prefect tasks on one Prefect API.
 
 Real Prefect (the test harness server), real DVC in a temporary git repository.
+
+Slow tier: two micro retrains from empty (the module's first run and the forced one) and four
+shorter ones (train and evaluate only), about 8 minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import pytest
 import yaml
 
 from tests.conftest import make_micro_project, set_params
+
+pytestmark = pytest.mark.slow
 
 STAGES = ("synth", "ingest", "validate", "captions", "prepare", "vae", "latents", "train", "evaluate")
 

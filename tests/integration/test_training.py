@@ -1,4 +1,8 @@
-"""The vae, latents and train stages on the micro world: learning, resume, two processes, MLflow."""
+"""The vae, latents and train stages on the micro world: learning, resume, two processes, MLflow.
+
+Slow tier: the vae, latents and train stages several times over (resume, two processes),
+about 1.5 minutes on 2 cores.
+"""
 from __future__ import annotations
 
 import copy
@@ -16,6 +20,8 @@ import yaml
 
 from components.layout import TRAIN_TRACE_ENV
 from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

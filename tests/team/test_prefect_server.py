@@ -1,10 +1,16 @@
 """The retrain flow against the team's Prefect server (PostgreSQL), not the ephemeral one: its state
-and its stage subflows are read back through that server's API, and its rows are in PostgreSQL."""
+and its stage subflows are read back through that server's API, and its rows are in PostgreSQL.
+
+Slow tier: a team Prefect server on PostgreSQL started for the module, two stages run
+against it, about 45 seconds.
+"""
 from __future__ import annotations
 
 import pytest
 
 from tests.conftest import make_micro_project
+
+pytestmark = pytest.mark.slow
 
 STAGES = ["synth", "validate"]
 

@@ -42,6 +42,7 @@ def _wait_until(predicate, timeout):
 
 @pytest.mark.slow
 def test_training_continues_through_a_server_outage(postgres, tmp_path, monkeypatch):
+    """Slow tier: an MLflow server stopped and restarted under a logging run, about 45 s."""
     from mlflow import MlflowClient
 
     # MLflow's own retries low (what configure_client_retries does for servers): our thread retries.

@@ -90,9 +90,11 @@ def test_building_the_cli_and_every_commands_help_import_nothing_heavy():
     assert output == "[]", f"building the CLI or a command's --help imported {output}: import it inside the command"
 
 
-@pytest.mark.slow  # imports every component (torch, MLflow, great-expectations ...): about 15 s
+@pytest.mark.slow
 def test_no_component_and_not_the_cli_pulls_prefect_in():
-    """components/ is plain Python and flows/cli.py is light: importing all of them leaves Prefect out."""
+    """components/ is plain Python and flows/cli.py is light: importing all of them leaves Prefect out.
+
+    Slow tier: imports every component (torch, MLflow, great-expectations ...), about 15 s."""
     output = _run_python("""
         import importlib, pkgutil, sys
         import components
