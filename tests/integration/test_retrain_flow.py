@@ -272,9 +272,9 @@ def test_promotion_moves_champion_for_a_better_challenger_not_a_broken_one_then_
     assert compared["challenger"] < compared["champion"]
     assert int(get_alias_version(client, "mesa", CHAMPION).version) == better["registration"]["version"]
 
-    # A genuinely worse one: a broken setting (learning rate 0: the weights never leave their
-    # initialisation), really trained and really evaluated.
-    set_params(project, train__learning_rate=0.0)
+    # A genuinely worse one: a broken setting (a learning rate of 1e-9: the weights never leave their
+    # initialisation; 0 itself is refused by the params schema), really trained and really evaluated.
+    set_params(project, train__learning_rate=1e-9)
     broken = retrain(project_dir=str(project))
     assert broken["registration"]["new"] and not broken["promotion"]["promoted"]
     assert any("heldout_denoising_loss" in reason for reason in broken["promotion"]["reasons"])
