@@ -253,6 +253,7 @@ def _registry_client(project):
     return mlflow_client(project)
 
 
+@pytest.mark.timeout(1800)  # four retrains of train and evaluate, and the module's first run when it is first
 def test_promotion_moves_champion_for_a_better_challenger_not_a_broken_one_then_rolls_back(project, first_run):
     from components.tracking.registry import CHALLENGER, CHAMPION, get_alias_version
     from flows.promote import promote_flow
