@@ -9,7 +9,8 @@ import typer
 
 from components.layout import PARAMS_FILE, SYNTH_OUT
 
-data_app = typer.Typer(help="Data steps that are useful alone (synth, ingest, validate, captions, summary).",
+data_app = typer.Typer(help="Data steps that are useful alone (synth, ingest, validate, captions, summary, "
+                            "ecoregion-phrases).",
                        no_args_is_help=True)
 
 
@@ -117,3 +118,40 @@ def data_captions() -> None:
     from flows.stages import run_stage
 
     run_stage("captions", project_root())
+
+
+@data_app.command("ecoregion-phrases")
+def data_ecoregion_phrases(
+    table: Path = typer.Argument(..., help="RESOLVE Ecoregions2017 (.shp, .dbf, .gpkg) or any table with the names "
+                                           "(.csv, .parquet)."),
+    field: str = typer.Option("ECO_NAME", help="The field that holds the ecoregion names."),
+    out: Optional[Path] = typer.Option(None, help="Also write name, phrase, note as CSV here."),
+    odd_only: bool = typer.Option(False, "--odd-only", help="Print only the names with a note."),
+) -> None:
+    """Print the habitat phrase each ecoregion anonymises to (the paper's rule), to check it by eye."""
+    import csv
+
+    from components.atomic import atomic_write
+    from components.captions.ecoregions import phrase_report
+    from components.captions.layers.vector import read_field
+
+    try:
+        rows = phrase_report(read_field(table, field))
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="TABLE") from None
+    width = max((len(r.name) for r in rows), default=10)
+    for row in rows:
+        if row.note or not odd_only:
+            typer.echo(f"{row.name:<{width}}  ->  {row.phrase or '(none: biome short form)'}"
+                       + (f"   [{row.note}]" if row.note else ""))
+    noted = sum(bool(r.note) for r in rows)
+    typer.echo(f"{len(rows)} ecoregions, {sum(r.phrase is None for r in rows)} without habitat words, "
+               f"{noted} with a note", err=True)
+    if out is not None:
+        def write(tmp):
+            with open(tmp, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["name", "phrase", "note"])
+                writer.writerows((r.name, r.phrase or "", r.note) for r in rows)
+        atomic_write(out, write)
+        typer.echo(f"wrote {out}", err=True)

@@ -107,6 +107,10 @@ def print_model_summary(root: Path) -> None:
         print(f"  evaluation: {m['generations']} generations; landform balanced accuracy {accuracy['value']} "
               f"(chance {m['landform_chance']}, captions shuffled {m['landform_balanced_accuracy_shuffled_captions']}, "
               f"real pairs {accuracy['real_reference']}); report {EVAL_REPORT}")
+        if m.get("landform_balanced_accuracy_paper_words") is not None:
+            print(f"  in the paper's landform words (\"mountains\"): {m['landform_balanced_accuracy_paper_words']} "
+                  f"(chance {m.get('landform_chance_paper_words')}, captions shuffled "
+                  f"{m.get('landform_balanced_accuracy_paper_words_shuffled_captions')})")
         loss = m["metrics"].get("heldout_denoising_loss") or {}
         if loss.get("value") is not None:
             print(f"  held-out denoising loss {loss['value']} (captions shuffled: "

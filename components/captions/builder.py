@@ -24,12 +24,15 @@ Slot values (descriptors are a mapping such as a row of ``describe_cells``; for 
 descriptor ``d`` the builder reads ``d_short`` and falls back to ``d`` (a full RESOLVE biome
 name is shortened by ``DEFAULT_BIOME_SHORT_FORMS``); None, NaN, NA and "" count as unknown, and an unknown slot is left out exactly as if it had been dropped):
 
-* Biome: the ecoregion name when there is one and it is not anonymised, else the biome's
-  short form. The paper's "randomly anonymise the ecoregion name" = replace the named
-  ecoregion ("Alps conifer and mixed forests") by its biome's short form ("temperate
-  broadleaf forests"); the full biome name never appears in a caption.
+* Biome: the ecoregion name when there is one and it is not anonymised, else its habitat
+  phrase, else the biome's short form. The paper's "randomly anonymise the ecoregion name" =
+  keep only the ecoregion's habitat words ("Northern Anatolian conifer and deciduous forests"
+  -> "conifer deciduous forests", see ``components.captions.ecoregions``); a cell without an
+  ecoregion, or whose ecoregion has no habitat word ("Cerrado"), gets its biome's short form
+  ("temperate broadleaf forests"); the full biome name never appears in a caption.
 * Geological: the local landform class ("hills") or the regional landform name ("the Alps";
-  a leading "The" is lower-cased mid-sentence), as asked.
+  a leading "The" is lower-cased mid-sentence), as asked. With ``paper_landform`` the local
+  class is said in the paper's words: "low mountains" and "high mountains" become "mountains".
 * Country and Month: as they are.
 
 ``build_captions(frame)`` does the same for every row of a ``describe_cells`` frame at once.
@@ -52,6 +55,8 @@ import numpy as np
 import pandas as pd
 
 from components.captions.descriptors import DEFAULT_BIOME_SHORT_FORMS
+from components.captions.ecoregions import habitat_phrase
+from components.captions.landform import paper_landform_word
 
 __all__ = [
     "CAPTION_PREFIX",
@@ -80,13 +85,17 @@ DEFAULT_AUGMENTATION: dict[str, Any] = {
     # chosen uniformly among the four, whether known or not, so a slot is dropped with
     # probability E[k] / 4 (0.25 with these values)
     "p_drop": {0: 0.4, 1: 0.3, 2: 0.2, 3: 0.1},
-    # probability of naming the biome instead of the ecoregion (when the cell has one)
+    # probability of the ecoregion's habitat phrase instead of its full name (the paper's
+    # anonymisation; cells without an ecoregion name their biome's short form either way)
     "p_anonymise_ecoregion": 0.5,
     # probability of the regional geological descriptor instead of the local one (when the
     # cell has both; otherwise whichever it has)
     "p_regional": 0.5,
     # probability of the empty caption (classifier-free guidance), drawn first
     "p_uncond": 0.1,
+    # probability of the paper's landform word ("mountains") instead of the finer class ("low
+    # mountains", "high mountains"), so both kinds of prompt are in distribution; drawn last
+    "p_paper_landform": 0.5,
 }
 
 
@@ -121,15 +130,28 @@ def _value(descriptors: Mapping[str, Any], name: str) -> str | None:
     return None
 
 
+def _biome_slot(ecoregion: str | None, biome: str | None, anonymise_ecoregion: bool) -> str | None:
+    """The ecoregion's name, or anonymised its habitat phrase; the biome's short form without either."""
+    if ecoregion is not None and anonymise_ecoregion:
+        ecoregion = habitat_phrase(ecoregion)
+    return ecoregion or biome
+
+
+def _geological_word(value: str | None, geological: str, paper_landform: bool) -> str | None:
+    return paper_landform_word(value) if paper_landform and geological == "local" else value
+
+
 def _slot_values(
-    descriptors: Mapping[str, Any], geological: str, anonymise_ecoregion: bool, name_area: str | None = None
+    descriptors: Mapping[str, Any], geological: str, anonymise_ecoregion: bool, name_area: str | None = None,
+    paper_landform: bool = False,
 ) -> dict[str, str | None]:
     if geological not in _GEOLOGICAL:
         raise ValueError(f"geological must be 'local' or 'regional', got {geological!r}")
-    ecoregion = None if (anonymise_ecoregion or name_area == "ecoregion") else _value(descriptors, "ecoregion")
+    # naming the ecoregion as the area: the biome slot names the biome, not the place twice
+    ecoregion = None if name_area == "ecoregion" else _value(descriptors, "ecoregion")
     return {
-        "biome": ecoregion or _value(descriptors, "biome"),
-        "geological": _value(descriptors, _GEOLOGICAL[geological]),
+        "biome": _biome_slot(ecoregion, _value(descriptors, "biome"), anonymise_ecoregion),
+        "geological": _geological_word(_value(descriptors, _GEOLOGICAL[geological]), geological, paper_landform),
         "country": _value(descriptors, "country"),
         "month": _value(descriptors, "month"),
     }
@@ -170,6 +192,7 @@ def build_caption(
     use: Iterable[str] = SLOTS,
     geological: str = "local",
     anonymise_ecoregion: bool = False,
+    paper_landform: bool = False,
 ) -> str:
     """The caption of one cell from its descriptors.
 
@@ -181,13 +204,15 @@ def build_caption(
             (default: all four). Order does not matter; the template's order is kept.
         geological: "local" (the DEM's landform class, default) or "regional" (the named
             landform region).
-        anonymise_ecoregion: name the biome (short form) instead of the ecoregion (default False).
+        anonymise_ecoregion: the ecoregion's habitat phrase instead of its name (default False).
+        paper_landform: the local landform in the paper's words ("mountains" for both mountain
+            classes; default False: the class).
 
     Returns:
         The caption; "" when no used slot is known (the empty caption).
     """
     use = _check_use(use)
-    v = _slot_values(descriptors, geological, anonymise_ecoregion)
+    v = _slot_values(descriptors, geological, anonymise_ecoregion, paper_landform=paper_landform)
     return _sentence(
         v["biome"] if "biome" in use else None,
         v["geological"] if "geological" in use else None,
@@ -218,6 +243,7 @@ def build_captions(
     use: Iterable[str] = SLOTS,
     geological: str = "local",
     anonymise_ecoregion: bool = False,
+    paper_landform: bool = False,
 ) -> pd.Series:
     """``build_caption`` for every row of a ``describe_cells`` frame (same index), fast.
 
@@ -231,10 +257,14 @@ def build_captions(
     biome = nothing
     if "biome" in use:
         biome = _column_values(frame, "biome")
-        if not anonymise_ecoregion:
-            eco = _column_values(frame, "ecoregion")
-            biome = np.where(eco != None, eco, biome)  # noqa: E711
-    geo = _column_values(frame, _GEOLOGICAL[geological]) if "geological" in use else nothing
+        eco = _column_values(frame, "ecoregion")
+        if anonymise_ecoregion:
+            eco = np.array([habitat_phrase(e) for e in eco], dtype=object)  # cached per distinct name
+        biome = np.where(eco != None, eco, biome)  # noqa: E711
+    geo = nothing
+    if "geological" in use:
+        geo = _column_values(frame, _GEOLOGICAL[geological])
+        geo = np.array([_geological_word(g, geological, paper_landform) for g in geo], dtype=object)
     country = _column_values(frame, "country") if "country" in use else nothing
     month = _column_values(frame, "month") if "month" in use else nothing
     captions = [_sentence(b, g, (c, m)) for b, g, c, m in zip(biome, geo, country, month)]
@@ -299,8 +329,9 @@ class AugmentationDraw:
     uncond: the caption is empty (classifier-free guidance).
     n_dropped: how many of the four slots are dropped (0..3).
     dropped: which slots (template order).
-    anonymise_ecoregion: the biome short form replaces the ecoregion name.
+    anonymise_ecoregion: the ecoregion's habitat phrase replaces its name.
     geological: "local" or "regional" (the preference; a cell lacking it uses the other).
+    paper_landform: the local landform in the paper's words ("mountains").
     """
 
     uncond: bool
@@ -308,6 +339,7 @@ class AugmentationDraw:
     dropped: tuple[str, ...]
     anonymise_ecoregion: bool
     geological: str
+    paper_landform: bool = False
 
     @property
     def kept(self) -> tuple[str, ...]:
@@ -334,7 +366,7 @@ def check_augmentation(params: Mapping[str, Any] | None) -> dict[str, Any]:
         )
     merged = {**DEFAULT_AUGMENTATION, **params}
     merged["caption_dropout"] = bool(merged["caption_dropout"])
-    for key in ("p_anonymise_ecoregion", "p_regional", "p_uncond"):
+    for key in ("p_anonymise_ecoregion", "p_regional", "p_uncond", "p_paper_landform"):
         merged[key] = _probability(key, merged[key])
     raw = merged["p_drop"]
     if not isinstance(raw, Mapping):
@@ -370,14 +402,16 @@ def draw_augmentation(
     """The decisions ``augment_caption`` takes for (seed, epoch, sample_id).
 
     The same variates are drawn every time, in one order, whatever the probabilities: one
-    uniform each for uncond, k, anonymise, regional, then a permutation of the four slots. So
-    changing one probability never reshuffles the other decisions, and every decision is
-    taken even when uncond wins (the counts can be checked independently).
+    uniform each for uncond, k, anonymise, regional, then a permutation of the four slots, then
+    one uniform for the paper's landform word (last, so the draws before it are those of
+    earlier versions). So changing one probability never reshuffles the other decisions, and
+    every decision is taken even when uncond wins (the counts can be checked independently).
     """
     p = check_augmentation(params)
     rng = _rng(seed, epoch, sample_id)
     u_uncond, u_drop, u_anon, u_regional = rng.random(4)
     order = rng.permutation(len(SLOTS))
+    u_paper = rng.random()
     k = 0
     if p["caption_dropout"]:
         cumulative = np.cumsum([p["p_drop"][i] for i in range(4)])
@@ -389,6 +423,7 @@ def draw_augmentation(
         dropped=dropped,
         anonymise_ecoregion=bool(u_anon < p["p_anonymise_ecoregion"]),
         geological="regional" if u_regional < p["p_regional"] else "local",
+        paper_landform=bool(u_paper < p["p_paper_landform"]),
     )
 
 
@@ -403,7 +438,8 @@ def augment_caption(
 
     With probability ``p_uncond`` the empty caption; otherwise the template with k of its four
     slots dropped (``p_drop``, when ``caption_dropout``), the ecoregion anonymised with
-    ``p_anonymise_ecoregion`` and the regional landform preferred with ``p_regional`` (see
+    ``p_anonymise_ecoregion``, the regional landform preferred with ``p_regional`` and the
+    local one said in the paper's words with ``p_paper_landform`` (see
     ``DEFAULT_AUGMENTATION``). Equal (seed, epoch, sample_id) give the same caption in any
     process; another epoch draws again.
 
@@ -423,5 +459,6 @@ def augment_caption(
         if _value(descriptors, _GEOLOGICAL[geological]) is None:
             geological = draw.geological
     return build_caption(
-        descriptors, use=draw.kept, geological=geological, anonymise_ecoregion=draw.anonymise_ecoregion
+        descriptors, use=draw.kept, geological=geological, anonymise_ecoregion=draw.anonymise_ecoregion,
+        paper_landform=draw.paper_landform,
     )

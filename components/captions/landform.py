@@ -58,6 +58,8 @@ __all__ = [
     "landform_of_dem",
     "geographic_pixel_m",
     "check_landform_thresholds",
+    "PAPER_LANDFORM_WORDS",
+    "paper_landform_word",
 ]
 
 LANDFORM_CLASSES: tuple[str, ...] = ("plains", "tablelands", "hills", "low mountains", "high mountains")
@@ -81,6 +83,20 @@ DEFAULT_LANDFORM_THRESHOLDS: dict[str, float] = {
     # (profile c/d: more than half of the gentle land in the upper half)
     "upland_share_min": 0.5,
 }
+
+#: Class -> the word the paper's prompts use: "mountains" for both mountain classes (Table 2:
+#: "dry woodlands steppe and mountains in Tunisia"), the class itself otherwise.
+PAPER_LANDFORM_WORDS: dict[str, str] = {
+    name: "mountains" if name.endswith("mountains") else name for name in LANDFORM_CLASSES
+}
+
+
+def paper_landform_word(landform: str | None) -> str | None:
+    """The paper's word for a landform class ("high mountains" -> "mountains"); other text as it is."""
+    if landform is None:
+        return None
+    return PAPER_LANDFORM_WORDS.get(landform, landform)
+
 
 _LABELS = np.array([*LANDFORM_CLASSES, None], dtype=object)
 _RELIEF_ORDER = ("flat_relief_m", "plains_relief_m", "mountains_relief_m", "high_mountains_relief_m")

@@ -94,7 +94,7 @@ class AugmentationConfig(ParamsModel):
     Attributes:
         caption_dropout: drop descriptors ("caption dropout" in the ablation; default True).
         p_drop: probability of dropping exactly k of the four slots, k = 0..3 (sums to 1).
-        p_anonymise_ecoregion, p_regional, p_uncond: probabilities in [0, 1].
+        p_anonymise_ecoregion, p_regional, p_uncond, p_paper_landform: probabilities in [0, 1].
     """
 
     caption_dropout: bool = True
@@ -102,6 +102,7 @@ class AugmentationConfig(ParamsModel):
     p_anonymise_ecoregion: Probability = 0.5
     p_regional: Probability = 0.5
     p_uncond: Probability = 0.1
+    p_paper_landform: Probability = 0.5
 
     @field_validator("p_drop", mode="before")
     @classmethod

@@ -104,9 +104,7 @@ def score(candidate: Pairs, reference: Pairs, pixel_size_m: float,
     (cells whose caption names none are left out). Diversity groups the candidate by caption;
     real pairs have one sample per caption, so their diversity is reported as NaN.
     """
-    asked = [(i, lf) for i, lf in enumerate(candidate.landform) if lf]
-    predicted = metrics.classify_dems(candidate.dem_m[[i for i, _ in asked]], pixel_size_m, thresholds)
-    accuracy = metrics.landform_balanced_accuracy(predicted, [lf for _, lf in asked])
+    accuracy = landform_adherence(candidate, pixel_size_m, thresholds)
     biome = metrics.biome_adherence(candidate.rgb, candidate.group, reference.rgb, reference.group)
     by_caption: dict[str, list[np.ndarray]] = {}
     for caption, dem in zip(candidate.captions, candidate.dem_m):
@@ -121,6 +119,28 @@ def score(candidate: Pairs, reference: Pairs, pixel_size_m: float,
         **metrics.realism_distances(candidate.dem_m, reference.dem_m, pixel_size_m),
     }
     return {k: float(v) for k, v in result.items()}
+
+
+def landform_adherence(candidate: Pairs, pixel_size_m: float,
+                       thresholds: Mapping[str, Any] | None = None) -> metrics.BalancedAccuracy:
+    """Balanced accuracy of the candidate DEMs' landform classes against what their captions name,
+    each at the level it names (cells whose caption names no landform are left out)."""
+    asked = [(i, lf) for i, lf in enumerate(candidate.landform) if lf]
+    predicted = metrics.classify_dems(candidate.dem_m[[i for i, _ in asked]], pixel_size_m, thresholds)
+    return metrics.landform_balanced_accuracy(predicted, [lf for _, lf in asked])
+
+
+def in_paper_words(cells: Pairs) -> Pairs:
+    """The same real cells captioned in the paper's landform words ("mountains" for both mountain
+    classes), with what each caption now asks for; the pairs need their descriptors."""
+    from components.captions.builder import build_caption
+    from components.captions.landform import paper_landform_word
+
+    if len(cells.descriptors) != len(cells):
+        raise ValueError("in_paper_words needs the descriptors of every cell (held_out_pairs keeps them)")
+    return Pairs(cells.rgb, cells.dem_m, [build_caption(d, paper_landform=True) for d in cells.descriptors],
+                 [paper_landform_word(lf) for lf in cells.landform], list(cells.group),
+                 cell_ids=list(cells.cell_ids), descriptors=list(cells.descriptors))
 
 
 def shuffled_captions(cells: Pairs, seed: int = 0) -> Pairs:

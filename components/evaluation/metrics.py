@@ -38,7 +38,12 @@ from scipy import ndimage
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import wasserstein_distance
 
-from components.captions.landform import check_landform_thresholds, classify_landform, landform_inputs
+from components.captions.landform import (
+    check_landform_thresholds,
+    classify_landform,
+    landform_inputs,
+    paper_landform_word,
+)
 from components.radiometry.hillshade import Sun, hillshade
 
 __all__ = [
@@ -191,10 +196,15 @@ def landform_balanced_accuracy(predicted: Sequence[str | None], requested: Seque
     whose generation was classified as it (recall). Unlike plain accuracy, a generator that
     always makes the most common landform scores chance, 1 / number of classes.
 
+    Each request is scored at the level it names: a request in the paper's words ("mountains",
+    ``captions.landform.PAPER_LANDFORM_WORDS``) is met by either mountain class, a request for
+    a class ("low mountains") only by that class.
+
     Args:
-        predicted: landform of each generation (e.g. from :func:`classify_dems`); ``None``
-            (no landform) counts as a miss.
-        requested: landform each caption asked for; same length, no ``None``.
+        predicted: landform class of each generation (e.g. from :func:`classify_dems`);
+            ``None`` (no landform) counts as a miss.
+        requested: landform each caption asked for, a class or the paper's word; same length,
+            no ``None``.
 
     Returns:
         :class:`BalancedAccuracy`.
@@ -210,7 +220,8 @@ def landform_balanced_accuracy(predicted: Sequence[str | None], requested: Seque
         raise ValueError("requested is empty: balanced accuracy needs at least one request")
     if any(r is None for r in req):
         raise ValueError("requested contains None: every caption must ask for a landform")
-    pred_arr = np.array(pred, dtype=object)
+    # the generation's class, or its paper word where that is what was asked
+    pred_arr = np.array([p if p == r else paper_landform_word(p) for p, r in zip(pred, req)], dtype=object)
     req_arr = np.array(req, dtype=object)
     classes = tuple(sorted(set(req), key=str))
     recall: dict[str, float] = {}

@@ -285,7 +285,9 @@ def test_resolve_like_layer_gives_biome_and_ecoregion(real_layers):
     assert build_caption(zurich) == (
         "A Sentinel-2 image of Western European broadleaf forests and hills in Switzerland in March")
     assert build_caption(zurich, anonymise_ecoregion=True, geological="regional") == (
-        "A Sentinel-2 image of temperate broadleaf forests and the Swiss Plateau in Switzerland in March")
+        "A Sentinel-2 image of broadleaf forests and the Swiss Plateau in Switzerland in March")
+    # "Malta island" anonymises to "island" (habitat words are whatever RESOLVE writes lower case)
+    assert build_caption(got.iloc[3], anonymise_ecoregion=True, use=("biome",)) == "A Sentinel-2 image of island"
     # named-area prompts (paper Table 3): the cell's ecoregion or regional landform as the place
     assert named_area_caption(chihuahua, "ecoregion") == (
         "A Sentinel-2 image of deserts and plains in the Chihuahuan desert in Mexico in May")
@@ -331,81 +333,99 @@ def test_synthetic_world_layers_as_ecoregion_and_regional_source(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Golden captions: one cell, the 15 non-empty subsets x {local, regional} x {named, anonymised}
+# 3. Golden captions: one cell, the 15 non-empty subsets x {local, regional} x {named, anonymised},
+#    plus the paper's landform word
+#
+# Regenerated for issue 24 (captions as the paper writes them): an anonymised ecoregion is now its
+# habitat phrase ("broadleaf forests", as in the paper's Table 2) instead of the biome's short form
+# ("temperate broadleaf forests"), and the cell is low mountains so the fifth column shows the
+# paper's word "mountains". Every other caption is unchanged apart from "hills" -> "low mountains".
 
 CELL = {
     "country": "Switzerland", "country_short": "Switzerland",
     "biome": TEMPERATE, "biome_short": "temperate broadleaf forests",
     "ecoregion": "Western European broadleaf forests", "ecoregion_short": "Western European broadleaf forests",
-    "landform_local": "hills", "landform_local_short": "hills",
+    "landform_local": "low mountains", "landform_local_short": "low mountains",
     "landform_regional": "The Swiss Plateau", "landform_regional_short": "the Swiss Plateau",
     "month": "March", "month_short": "March",
 }
 
 # subset (B = biome, G = geological, C = country, M = month) ->
-#   (local + ecoregion named, local + anonymised, regional + named, regional + anonymised)
+#   (local + ecoregion named, local + anonymised, regional + named, regional + anonymised,
+#    local + anonymised in the paper's landform words)
 GOLDEN = {
     "BGCM": (
-        "A Sentinel-2 image of Western European broadleaf forests and hills in Switzerland in March",
-        "A Sentinel-2 image of temperate broadleaf forests and hills in Switzerland in March",
+        "A Sentinel-2 image of Western European broadleaf forests and low mountains in Switzerland in March",
+        "A Sentinel-2 image of broadleaf forests and low mountains in Switzerland in March",
         "A Sentinel-2 image of Western European broadleaf forests and the Swiss Plateau in Switzerland in March",
-        "A Sentinel-2 image of temperate broadleaf forests and the Swiss Plateau in Switzerland in March",
+        "A Sentinel-2 image of broadleaf forests and the Swiss Plateau in Switzerland in March",
+        "A Sentinel-2 image of broadleaf forests and mountains in Switzerland in March",
     ),
     "BGC": (
-        "A Sentinel-2 image of Western European broadleaf forests and hills in Switzerland",
-        "A Sentinel-2 image of temperate broadleaf forests and hills in Switzerland",
+        "A Sentinel-2 image of Western European broadleaf forests and low mountains in Switzerland",
+        "A Sentinel-2 image of broadleaf forests and low mountains in Switzerland",
         "A Sentinel-2 image of Western European broadleaf forests and the Swiss Plateau in Switzerland",
-        "A Sentinel-2 image of temperate broadleaf forests and the Swiss Plateau in Switzerland",
+        "A Sentinel-2 image of broadleaf forests and the Swiss Plateau in Switzerland",
+        "A Sentinel-2 image of broadleaf forests and mountains in Switzerland",
     ),
     "BGM": (
-        "A Sentinel-2 image of Western European broadleaf forests and hills in March",
-        "A Sentinel-2 image of temperate broadleaf forests and hills in March",
+        "A Sentinel-2 image of Western European broadleaf forests and low mountains in March",
+        "A Sentinel-2 image of broadleaf forests and low mountains in March",
         "A Sentinel-2 image of Western European broadleaf forests and the Swiss Plateau in March",
-        "A Sentinel-2 image of temperate broadleaf forests and the Swiss Plateau in March",
+        "A Sentinel-2 image of broadleaf forests and the Swiss Plateau in March",
+        "A Sentinel-2 image of broadleaf forests and mountains in March",
     ),
     "BCM": (
         "A Sentinel-2 image of Western European broadleaf forests in Switzerland in March",
-        "A Sentinel-2 image of temperate broadleaf forests in Switzerland in March",
+        "A Sentinel-2 image of broadleaf forests in Switzerland in March",
         "A Sentinel-2 image of Western European broadleaf forests in Switzerland in March",
-        "A Sentinel-2 image of temperate broadleaf forests in Switzerland in March",
+        "A Sentinel-2 image of broadleaf forests in Switzerland in March",
+        "A Sentinel-2 image of broadleaf forests in Switzerland in March",
     ),
     "GCM": (
-        "A Sentinel-2 image of hills in Switzerland in March",
-        "A Sentinel-2 image of hills in Switzerland in March",
+        "A Sentinel-2 image of low mountains in Switzerland in March",
+        "A Sentinel-2 image of low mountains in Switzerland in March",
         "A Sentinel-2 image of the Swiss Plateau in Switzerland in March",
         "A Sentinel-2 image of the Swiss Plateau in Switzerland in March",
+        "A Sentinel-2 image of mountains in Switzerland in March",
     ),
     "BG": (
-        "A Sentinel-2 image of Western European broadleaf forests and hills",
-        "A Sentinel-2 image of temperate broadleaf forests and hills",
+        "A Sentinel-2 image of Western European broadleaf forests and low mountains",
+        "A Sentinel-2 image of broadleaf forests and low mountains",
         "A Sentinel-2 image of Western European broadleaf forests and the Swiss Plateau",
-        "A Sentinel-2 image of temperate broadleaf forests and the Swiss Plateau",
+        "A Sentinel-2 image of broadleaf forests and the Swiss Plateau",
+        "A Sentinel-2 image of broadleaf forests and mountains",
     ),
     "BC": (
         "A Sentinel-2 image of Western European broadleaf forests in Switzerland",
-        "A Sentinel-2 image of temperate broadleaf forests in Switzerland",
+        "A Sentinel-2 image of broadleaf forests in Switzerland",
         "A Sentinel-2 image of Western European broadleaf forests in Switzerland",
-        "A Sentinel-2 image of temperate broadleaf forests in Switzerland",
+        "A Sentinel-2 image of broadleaf forests in Switzerland",
+        "A Sentinel-2 image of broadleaf forests in Switzerland",
     ),
     "BM": (
         "A Sentinel-2 image of Western European broadleaf forests in March",
-        "A Sentinel-2 image of temperate broadleaf forests in March",
+        "A Sentinel-2 image of broadleaf forests in March",
         "A Sentinel-2 image of Western European broadleaf forests in March",
-        "A Sentinel-2 image of temperate broadleaf forests in March",
+        "A Sentinel-2 image of broadleaf forests in March",
+        "A Sentinel-2 image of broadleaf forests in March",
     ),
     "GC": (
-        "A Sentinel-2 image of hills in Switzerland",
-        "A Sentinel-2 image of hills in Switzerland",
+        "A Sentinel-2 image of low mountains in Switzerland",
+        "A Sentinel-2 image of low mountains in Switzerland",
         "A Sentinel-2 image of the Swiss Plateau in Switzerland",
         "A Sentinel-2 image of the Swiss Plateau in Switzerland",
+        "A Sentinel-2 image of mountains in Switzerland",
     ),
     "GM": (
-        "A Sentinel-2 image of hills in March",
-        "A Sentinel-2 image of hills in March",
+        "A Sentinel-2 image of low mountains in March",
+        "A Sentinel-2 image of low mountains in March",
         "A Sentinel-2 image of the Swiss Plateau in March",
         "A Sentinel-2 image of the Swiss Plateau in March",
+        "A Sentinel-2 image of mountains in March",
     ),
     "CM": (
+        "A Sentinel-2 image in Switzerland in March",
         "A Sentinel-2 image in Switzerland in March",
         "A Sentinel-2 image in Switzerland in March",
         "A Sentinel-2 image in Switzerland in March",
@@ -413,23 +433,27 @@ GOLDEN = {
     ),
     "B": (
         "A Sentinel-2 image of Western European broadleaf forests",
-        "A Sentinel-2 image of temperate broadleaf forests",
+        "A Sentinel-2 image of broadleaf forests",
         "A Sentinel-2 image of Western European broadleaf forests",
-        "A Sentinel-2 image of temperate broadleaf forests",
+        "A Sentinel-2 image of broadleaf forests",
+        "A Sentinel-2 image of broadleaf forests",
     ),
     "G": (
-        "A Sentinel-2 image of hills",
-        "A Sentinel-2 image of hills",
+        "A Sentinel-2 image of low mountains",
+        "A Sentinel-2 image of low mountains",
         "A Sentinel-2 image of the Swiss Plateau",
         "A Sentinel-2 image of the Swiss Plateau",
+        "A Sentinel-2 image of mountains",
     ),
     "C": (
         "A Sentinel-2 image in Switzerland",
         "A Sentinel-2 image in Switzerland",
         "A Sentinel-2 image in Switzerland",
         "A Sentinel-2 image in Switzerland",
+        "A Sentinel-2 image in Switzerland",
     ),
     "M": (
+        "A Sentinel-2 image in March",
         "A Sentinel-2 image in March",
         "A Sentinel-2 image in March",
         "A Sentinel-2 image in March",
@@ -447,13 +471,19 @@ def test_golden_table_covers_every_non_empty_subset():
 @pytest.mark.parametrize("subset", list(GOLDEN))
 def test_golden_captions(subset):
     use = [_LETTER[letter] for letter in subset]
-    variants = [("local", False), ("local", True), ("regional", False), ("regional", True)]
-    for (geological, anonymise), expected in zip(variants, GOLDEN[subset]):
-        got = build_caption(CELL, use=use, geological=geological, anonymise_ecoregion=anonymise)
-        assert got == expected, (subset, geological, anonymise)
-        # order of `use` does not matter; a pandas row works like a dict
+    variants = [("local", False, False), ("local", True, False), ("regional", False, False),
+                ("regional", True, False), ("local", True, True)]
+    frame = pd.DataFrame([CELL])
+    for (geological, anonymise, paper), expected in zip(variants, GOLDEN[subset], strict=True):
+        got = build_caption(CELL, use=use, geological=geological, anonymise_ecoregion=anonymise, paper_landform=paper)
+        assert got == expected, (subset, geological, anonymise, paper)
+        # order of `use` does not matter; a pandas row works like a dict; the frame path agrees
         assert build_caption(pd.Series(CELL), use=list(reversed(use)), geological=geological,
-                             anonymise_ecoregion=anonymise) == expected
+                             anonymise_ecoregion=anonymise, paper_landform=paper) == expected
+        assert build_captions(frame, use=use, geological=geological, anonymise_ecoregion=anonymise,
+                              paper_landform=paper).tolist() == [expected]
+    # the paper's word applies to the local landform only: a named region stays as it is
+    assert build_caption(CELL, use=use, geological="regional", paper_landform=True) == GOLDEN[subset][2]
 
 
 def test_caption_edge_cases():
@@ -468,10 +498,17 @@ def test_caption_edge_cases():
     # unknown descriptors (None, NaN, NA, "") are left out like dropped ones
     holes = {**CELL, "ecoregion": None, "ecoregion_short": float("nan"), "country": pd.NA, "country_short": None,
              "landform_regional": "", "landform_regional_short": None}
-    assert build_caption(holes) == "A Sentinel-2 image of temperate broadleaf forests and hills in March"
+    assert build_caption(holes) == "A Sentinel-2 image of temperate broadleaf forests and low mountains in March"
+    # no ecoregion, or one without habitat words: anonymising names the biome's short form
+    assert build_caption(holes, anonymise_ecoregion=True, use=("biome",)) == (
+        "A Sentinel-2 image of temperate broadleaf forests")
+    cerrado = {**CELL, "ecoregion": "Cerrado", "ecoregion_short": "Cerrado"}
+    assert build_caption(cerrado, anonymise_ecoregion=True, use=("biome",)) == (
+        "A Sentinel-2 image of temperate broadleaf forests")
+    assert build_caption(cerrado, use=("biome",)) == "A Sentinel-2 image of Cerrado"
     assert build_caption(holes, geological="regional") == "A Sentinel-2 image of temperate broadleaf forests in March"
-    # no biome short form, ecoregion anonymised: the biome slot is empty
-    assert build_caption({**CELL, "biome": None, "biome_short": None}, anonymise_ecoregion=True,
+    # no biome and an ecoregion without habitat words, anonymised: the biome slot is empty
+    assert build_caption({**cerrado, "biome": None, "biome_short": None}, anonymise_ecoregion=True,
                          use=("biome", "month")) == "A Sentinel-2 image in March"
     with pytest.raises(ValueError, match="geological"):
         build_caption(CELL, geological="global")
@@ -493,7 +530,7 @@ def _within_3se(count: int, p: float, n: int = N_DRAWS) -> bool:
 @pytest.mark.parametrize("params", [
     dict(DEFAULT_AUGMENTATION),
     {"p_drop": {"0": 0.1, "1": 0.2, "2": 0.3, "3": 0.4}, "p_uncond": 0.25, "p_anonymise_ecoregion": 0.2,
-     "p_regional": 0.8},
+     "p_regional": 0.8, "p_paper_landform": 0.3},
 ], ids=["defaults", "custom"])
 def test_augmentation_frequencies(params):
     p = check_augmentation(params)
@@ -506,6 +543,7 @@ def test_augmentation_frequencies(params):
         assert _within_3se(sum(slot in d.dropped for d in draws), mean_k / 4), slot
     assert _within_3se(sum(d.anonymise_ecoregion for d in draws), p["p_anonymise_ecoregion"])
     assert _within_3se(sum(d.geological == "regional" for d in draws), p["p_regional"])
+    assert _within_3se(sum(d.paper_landform for d in draws), p["p_paper_landform"])
     assert all(len(d.dropped) == d.n_dropped and len(d.kept) == 4 - d.n_dropped for d in draws)
 
     # the same, seen in the captions themselves
@@ -513,14 +551,20 @@ def test_augmentation_frequencies(params):
     assert _within_3se(sum(c == "" for c in captions), p["p_uncond"])
     p_geo = (1 - p["p_uncond"]) * (1 - mean_k / 4)
     assert _within_3se(sum("the Swiss Plateau" in c for c in captions), p_geo * p["p_regional"])
-    assert _within_3se(sum(" hills" in c for c in captions), p_geo * (1 - p["p_regional"]))
+    p_local = p_geo * (1 - p["p_regional"])
+    assert _within_3se(sum(" low mountains" in c for c in captions), p_local * (1 - p["p_paper_landform"]))
+    assert _within_3se(sum(c.endswith(" mountains") or " mountains in" in c for c in captions
+                           if " low mountains" not in c), p_local * p["p_paper_landform"])
     p_biome = (1 - p["p_uncond"]) * (1 - mean_k / 4)
     assert _within_3se(sum("Western European" in c for c in captions), p_biome * (1 - p["p_anonymise_ecoregion"]))
-    assert _within_3se(sum("temperate broadleaf" in c for c in captions), p_biome * p["p_anonymise_ecoregion"])
+    # the paper's anonymisation: the habitat words alone, never the biome's short form here
+    assert _within_3se(sum("image of broadleaf forests" in c for c in captions), p_biome * p["p_anonymise_ecoregion"])
+    assert not any("temperate broadleaf" in c for c in captions)
 
 
 def test_caption_dropout_off_keeps_all_four():
-    params = {"caption_dropout": False, "p_uncond": 0.0, "p_anonymise_ecoregion": 0.0, "p_regional": 0.0}
+    params = {"caption_dropout": False, "p_uncond": 0.0, "p_anonymise_ecoregion": 0.0, "p_regional": 0.0,
+              "p_paper_landform": 0.0}
     got = {augment_caption(CELL, 1, e, "454U_120R", params) for e in range(200)}
     assert got == {GOLDEN["BGCM"][0]}
 
@@ -545,18 +589,22 @@ def test_augmentation_is_a_pure_function_of_seed_epoch_and_id():
 
 
 def test_augmentation_is_pinned():
-    # training captions must not change silently between versions (same seed -> same data)
+    # training captions must not change silently between versions (same seed -> same data).
+    # Issue 24 changed the words, not the draws: the same slots are dropped and the same epochs
+    # anonymise / prefer the region as before; anonymised is now the habitat phrase and this
+    # cell's low mountains are said in the paper's word in all four (p_paper_landform, drawn last)
     assert [augment_caption(CELL, 42, epoch, "454U_120R") for epoch in range(4)] == [
-        "A Sentinel-2 image of hills in Switzerland in March",
+        "A Sentinel-2 image of mountains in Switzerland in March",
         "A Sentinel-2 image of Western European broadleaf forests and the Swiss Plateau in Switzerland in March",
-        "A Sentinel-2 image of temperate broadleaf forests and hills in March",
+        "A Sentinel-2 image of broadleaf forests and mountains in March",
         "A Sentinel-2 image of the Swiss Plateau in Switzerland in March",
     ]
 
 
 def test_augmentation_prefers_what_the_cell_has():
     no_regional = {**CELL, "landform_regional": None, "landform_regional_short": None}
-    params = {"caption_dropout": False, "p_uncond": 0.0, "p_regional": 1.0, "p_anonymise_ecoregion": 0.0}
+    params = {"caption_dropout": False, "p_uncond": 0.0, "p_regional": 1.0, "p_anonymise_ecoregion": 0.0,
+              "p_paper_landform": 0.0}
     assert augment_caption(no_regional, 0, 0, "x", params) == GOLDEN["BGCM"][0]  # falls back to local
 
 

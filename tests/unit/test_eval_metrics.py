@@ -98,6 +98,22 @@ def test_balanced_accuracy_perfect_and_constant():
     assert constant.per_class_recall == {"high mountains": 0.0, "hills": 0.0, "plains": 1.0}
 
 
+def test_balanced_accuracy_scores_each_request_at_the_level_it_names():
+    # "mountains" (the paper's word) is met by either mountain class; a class only by itself
+    predicted = ["low mountains", "high mountains", "hills", "low mountains", "high mountains", "plains"]
+    requested = ["mountains", "mountains", "mountains", "high mountains", "high mountains", "plains"]
+    result = landform_balanced_accuracy(predicted, requested)
+    assert result.per_class_recall == {"high mountains": 0.5, "mountains": pytest.approx(2 / 3), "plains": 1.0}
+    assert result.chance == pytest.approx(1 / 3)
+    assert result.value == pytest.approx((0.5 + 2 / 3 + 1.0) / 3)
+    # the paper's four words: chance 1/4, and a model that never tells low from high loses nothing
+    words = ["plains", "tablelands", "hills", "mountains"]
+    assert landform_balanced_accuracy(["plains", "tablelands", "hills", "low mountains"], words).value == 1.0
+    assert landform_balanced_accuracy(["plains", "tablelands", "hills", "hills"], words).chance == 0.25
+    assert landform_balanced_accuracy(["low mountains"], ["mountains"]).value == 1.0
+    assert landform_balanced_accuracy(["low mountains"], ["high mountains"]).value == 0.0
+
+
 def test_balanced_accuracy_counts_none_as_a_miss_and_checks_inputs():
     result = landform_balanced_accuracy(["hills", None], ["hills", "plains"])
     assert result.value == pytest.approx(0.5)

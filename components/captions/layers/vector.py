@@ -35,6 +35,28 @@ def _field_values(series: pd.Series) -> list[Any]:
     return out
 
 
+def read_field(path: str | Path, field: str, layer: str | int | None = None) -> list[Any]:
+    """One attribute column of a table, without geometry: a vector file (shapefile, its .dbf,
+    GeoPackage, GeoJSON, ...), a .csv or a .parquet. ValueError naming the file and the fields
+    it has when ``field`` is not one of them."""
+    import pyogrio
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ValueError(f"{path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".parquet"):
+        frame = pd.read_csv(path, dtype=str) if suffix == ".csv" else pd.read_parquet(path)
+    else:
+        try:
+            frame = pyogrio.read_dataframe(path, layer=layer, read_geometry=False)
+        except Exception as exc:
+            raise ValueError(f"cannot read {path} as a vector file or table: {exc}") from exc
+    if field not in frame.columns:
+        raise ValueError(f"{path}: no field {field!r}; fields that exist: {[str(c) for c in frame.columns]}")
+    return _field_values(frame[field])
+
+
 def _read_vector(path: Path, attributes: Mapping[str, str], layer: str | int | None) -> PolygonIndex:
     import geopandas as gpd
     import pyogrio
