@@ -326,10 +326,13 @@ def test_synthetic_world_layers_as_ecoregion_and_regional_source(tmp_path):
     got = describe_cells(index, layers)
     assert got["biome_source"].tolist() == ["biome_proxy"] * 2  # biome from the Koppen proxy ...
     assert got["ecoregion_source"].tolist() == ["ecoregions"] * 2  # ... names from the world's layer
-    assert got["ecoregion"].tolist() == ["Switzerland temperate broadleaf forests", "Brazil moist forests"]
-    assert got["landform_regional"].tolist() == ["The Switzerland Hills", "The Brazil Lowlands"]
+    # named the RESOLVE way (components/majortom/synthetic/names.py): an invented place, never the country
+    assert got["ecoregion"].tolist() == ["Kapuzor temperate forests", "Tuvoson swamp forests"]
+    assert got["landform_regional"].tolist() == ["The Kapuzor Hills", "The Tuvoson Lowlands"]
     assert build_caption(got.iloc[0], geological="regional") == (
-        "A Sentinel-2 image of Switzerland temperate broadleaf forests and the Switzerland Hills in Switzerland in August")
+        "A Sentinel-2 image of Kapuzor temperate forests and the Kapuzor Hills in Switzerland in August")
+    assert build_caption(got.iloc[0], anonymise_ecoregion=True) == (
+        "A Sentinel-2 image of temperate forests and hills in Switzerland in August")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,13 +28,13 @@ import pandas as pd
 from PIL import Image
 
 from components.atomic import atomic_write
-from components.captions.descriptors import DEFAULT_BIOME_SHORT_FORMS
 from components.captions.layers.factory import open_layer
 from components.config import SynthConfig as SynthParams  # the typed `synth` group, under its older name
 from components.majortom.geotiff import encode_geotiff
 from components.majortom.grid import EARTH_RADIUS_KM, cell_footprint, default_grid, utm_epsg
 from components.majortom.schema import S2_BAND_RESOLUTION_M, S2_BANDS_L1C, S2_BANDS_L2A, TILE_SIDE_M
 from components.majortom.shards import METADATA_FILE, SHARD_DIR, write_metadata, write_shard
+from components.majortom.synthetic.names import DIRECTIONS, ecoregion_names, landform_region_name
 from components.majortom.synthetic.render import render_cell
 from components.majortom.synthetic.terrain import synth_dem, upsample_dem
 from components.radiometry.hillshade import Sun, hillshade
@@ -51,8 +51,9 @@ RADIOMETRIC_OFFSET = 1000
 
 _BASE_ELEVATION_M = {"plains": (0, 400), "tablelands": (400, 1600), "hills": (100, 900),
                      "low mountains": (200, 1500), "high mountains": (800, 2600)}
-_LANDFORM_REGION_NOUN = {"plains": "Lowlands", "tablelands": "Plateau", "hills": "Hills",
-                         "low mountains": "Ranges", "high mountains": "Highlands"}
+# A country's cells of one biome become one ecoregion per ~4 cells, at most as many as have direction words.
+CELLS_PER_ECOREGION = 4
+MAX_ECOREGIONS_PER_GROUP = max(DIRECTIONS)
 
 
 @dataclass(frozen=True)
@@ -328,10 +329,39 @@ def _cell_box(row: int, col: int):
     return box(lon0, lat0, lon1, lat1)
 
 
+def _good(cells: Sequence[CellPlan]) -> list[CellPlan]:
+    """The cells the region layers cover: not broken, with a country and a biome."""
+    return [c for c in cells if c.broken is None and c.country and c.biome_name]
+
+
+def ecoregion_groups(cells: Sequence[CellPlan]) -> list[tuple[str, int | None, str, list[CellPlan]]]:
+    """The world's ecoregions as (ECO_NAME, BIOME_NUM, BIOME_NAME, member cells), in a fixed order.
+
+    Good cells are grouped by country and biome; a group of n cells is cut west to east into
+    ceil(n / CELLS_PER_ECOREGION) runs (at most MAX_ECOREGIONS_PER_GROUP), one ecoregion each, so a
+    large country holds several ecoregions of one biome as in RESOLVE, named by ``ecoregion_names``.
+    """
+    by_group: dict[tuple, list[CellPlan]] = {}
+    for cell in _good(cells):
+        by_group.setdefault((cell.country, cell.biome_name), []).append(cell)
+    groups = []
+    # Keyed on names, not BIOME_NUM: Rock and Ice has none, and None does not sort against numbers.
+    for (country, biome_name), members in sorted(by_group.items()):
+        biome_num = members[0].biome_num
+        members = sorted(members, key=lambda c: (c.centre_lon, c.centre_lat, c.grid_cell))
+        runs = min(MAX_ECOREGIONS_PER_GROUP, -(-len(members) // CELLS_PER_ECOREGION))
+        names = ecoregion_names(country, biome_num if biome_num is not None else biome_name, runs)
+        # Near-equal contiguous runs, as numpy.array_split cuts them.
+        size, extra = divmod(len(members), runs)
+        bounds = list(itertools.accumulate([0] + [size + (i < extra) for i in range(runs)]))
+        groups += [(name, biome_num, biome_name, members[lo:hi]) for name, lo, hi in zip(names, bounds, bounds[1:])]
+    return groups
+
+
 def write_region_layers(folder: str | Path, cells: Sequence[CellPlan]) -> dict[str, Path]:
     """The world's own ecoregions (RESOLVE field names) and named landform regions, as GeoPackages.
 
-    Ecoregions group good cells by country and biome; landform regions by country and class.
+    Ecoregions are ``ecoregion_groups``; landform regions group good cells by country and class.
     Polygons are unions of the cells' grid boxes, so they never overlap.
     """
     import geopandas as gpd
@@ -339,22 +369,16 @@ def write_region_layers(folder: str | Path, cells: Sequence[CellPlan]) -> dict[s
     from shapely.ops import unary_union
 
     folder = Path(folder)
-    good = [c for c in cells if c.broken is None and c.country and c.biome_name]
     eco_rows, landform_rows = [], []
-    by_eco: dict[tuple, list[CellPlan]] = {}
-    by_landform: dict[tuple, list[CellPlan]] = {}
-    for cell in good:
-        by_eco.setdefault((cell.country, cell.biome_num, cell.biome_name), []).append(cell)
-        by_landform.setdefault((cell.country, cell.landform), []).append(cell)
-    for (country, biome_num, biome_name), members in sorted(by_eco.items()):
-        # Named like RESOLVE's ecoregions ("Chilean matorral", "Cerrado moist forests"): a place and a biome.
-        short = DEFAULT_BIOME_SHORT_FORMS.get(biome_name, biome_name.lower())
-        eco_rows.append({"ECO_NAME": f"{country} {short}",
-                         "BIOME_NUM": float(biome_num), "BIOME_NAME": biome_name,
-                         "REALM": _realm(members[0].centre_lat, members[0].centre_lon),
+    for name, biome_num, biome_name, members in ecoregion_groups(cells):
+        eco_rows.append({"ECO_NAME": name, "BIOME_NUM": None if biome_num is None else float(biome_num),
+                         "BIOME_NAME": biome_name, "REALM": _realm(members[0].centre_lat, members[0].centre_lon),
                          "geometry": unary_union([_cell_box(c.row, c.col) for c in members])})
+    by_landform: dict[tuple, list[CellPlan]] = {}
+    for cell in _good(cells):
+        by_landform.setdefault((cell.country, cell.landform), []).append(cell)
     for (country, landform), members in sorted(by_landform.items()):
-        landform_rows.append({"NAME": f"The {country} {_LANDFORM_REGION_NOUN[landform]}", "LANDFORM": landform,
+        landform_rows.append({"NAME": landform_region_name(country, landform), "LANDFORM": landform,
                               "geometry": unary_union([_cell_box(c.row, c.col) for c in members])})
     paths = {"ecoregions": folder / "ecoregions.gpkg", "landforms": folder / "landforms.gpkg"}
     folder.mkdir(parents=True, exist_ok=True)
