@@ -69,12 +69,14 @@ TRAIN_CURVE = REPORTS_DIR / "train_curve.json"
 # An evaluation writes these names into a reports folder: reports/ for the evaluate stage,
 # EVALUATIONS_DIR/<label> for a model evaluated on request.
 METRICS_FILE = "metrics.json"
+METRICS_PER_CELL_FILE = "metrics_per_cell.parquet"  # every measure per generation (per_cell.py)
 EVAL_MD = "eval.md"
 EVAL_GRIDS_SUBDIR = "eval"
 # The grids every evaluation draws (components.evaluation.run), one PNG each: paper Table 2, paper
 # Table 3, held-out cells real vs generated.
 EVAL_GRIDS = ("seed_variability", "caption_influence", "real_vs_generated")
 METRICS_REPORT = REPORTS_DIR / METRICS_FILE
+METRICS_PER_CELL_REPORT = REPORTS_DIR / METRICS_PER_CELL_FILE
 EVAL_REPORT = REPORTS_DIR / EVAL_MD
 EVAL_GRIDS_DIR = REPORTS_DIR / EVAL_GRIDS_SUBDIR
 EVALUATIONS_DIR = REPORTS_DIR / "evaluations"

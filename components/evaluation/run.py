@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from components.atomic import atomic_write, write_json_atomic
-from components.evaluation import denoising, evaluate, grids
+from components.evaluation import denoising, evaluate, grids, per_cell
 from components.config import EvaluateConfig
-from components.layout import EVAL_GRIDS, EVAL_GRIDS_SUBDIR, EVAL_MD, METRICS_FILE
+from components.layout import EVAL_GRIDS, EVAL_GRIDS_SUBDIR, EVAL_MD, METRICS_FILE, METRICS_PER_CELL_FILE
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,8 @@ def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping
         control = evaluate.generate_for_cells(generate, evaluate.shuffled_captions(held_out), settings.seeds,
                                               settings.min_generations, settings.batch_size)
         shuffled = evaluate.score(control, held_out, pixel, landform_thresholds)
+    table = per_generation_tables(generated, held_out, training, pixel, landform_thresholds)
+    atomic_write(reports / METRICS_PER_CELL_FILE, lambda tmp: table.to_parquet(tmp, index=False))
     paper_words = _paper_words_adherence(generate, held_out, settings, pixel, landform_thresholds, progress)
     real = evaluate.score(held_out, training, pixel, landform_thresholds)
     losses = denoising.heldout_denoising_loss(pipeline, [str(s) for s in sample_shards], float(stats["dem_scale_m"]),
@@ -128,6 +130,23 @@ def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping
     return {**report, "grids": {k: str(v) for k, v in paths.items()}}
 
 
+def per_generation_tables(generated, held_out, training, pixel: float,
+                          landform_thresholds: Mapping[str, Any] | None):
+    """The model's generations and the real held-out pairs, one row each (``per_cell``), told apart by
+    ``source`` ("generated" / "real"; the real pairs have seed 0): what paired comparisons and
+    intervals read. Colours compare with the held-out images (the model) and the training images
+    (the real pairs), as ``score`` does."""
+    import pandas as pd
+
+    model = per_cell.per_generation_table(
+        generated.cell_ids, generated.seeds, generated.captions, generated.landform, generated.group,
+        generated.rgb, generated.dem_m, pixel, held_out.rgb, held_out.group, landform_thresholds)
+    real = per_cell.per_generation_table(
+        held_out.cell_ids, [0] * len(held_out), held_out.captions, held_out.landform, held_out.group,
+        held_out.rgb, held_out.dem_m, pixel, training.rgb, training.group, landform_thresholds)
+    return pd.concat([model.assign(source="generated"), real.assign(source="real")], ignore_index=True)
+
+
 def _paper_words_adherence(generate, held_out, settings: EvaluateParams, pixel: float,
                            landform_thresholds: Mapping[str, Any] | None, progress) -> dict[str, float]:
     """Landform adherence of the held-out captions said in the paper's words ("mountains"), scored at
@@ -148,7 +167,7 @@ def _paper_words_adherence(generate, held_out, settings: EvaluateParams, pixel: 
             "landform_chance_paper_words": accuracy.chance}
 
 
-METRIC_CODE = ("metrics.py", "evaluate.py", "denoising.py", "run.py")
+METRIC_CODE = ("metrics.py", "evaluate.py", "denoising.py", "run.py", "per_cell.py")
 
 
 def evaluation_fingerprint(held_out, settings: EvaluateParams, landform_thresholds: Mapping[str, Any] | None,

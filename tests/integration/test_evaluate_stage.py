@@ -48,3 +48,18 @@ def test_evaluate_writes_metrics_report_and_grids_for_an_untrained_model(prepare
     real = json.loads((out / "eval/real_vs_generated.json").read_text())
     assert {p["source"] for p in real["panels"]} == {"real", "generated"}
     assert set(report["grids"]) == {"seed_variability", "caption_influence", "real_vs_generated"}
+    # The paper's landform words: reported with their own chance (four words, or fewer on micro).
+    assert 0 < metrics["landform_chance_paper_words"] <= 1 and "paper's words" in markdown
+    # Every generation and every real held-out pair, one row each, keyed by (cell, seed).
+    import pandas as pd
+
+    from components.evaluation.per_cell import set_metrics
+
+    table = pd.read_parquet(out / "metrics_per_cell.parquet")
+    generated, real = table[table["source"] == "generated"], table[table["source"] == "real"]
+    assert len(generated) == metrics["generations"] and len(real) == metrics["held_out_cells"]
+    assert not generated.duplicated(["cell", "seed"]).any()
+    # ... from which the headline numbers come back
+    numbers = set_metrics(generated, reference=real)
+    assert round(numbers["landform_balanced_accuracy"], 6) == metrics["metrics"]["landform_balanced_accuracy"]["value"]
+    assert round(numbers["realism_w1_slope_deg"], 6) == metrics["metrics"]["realism_w1_slope_deg"]["value"]

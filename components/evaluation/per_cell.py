@@ -1,0 +1,232 @@
+"""Every metric per generation, and intervals from resampling held-out cells.
+
+One evaluation is a few dozen held-out cells x a few seeds; its headline numbers move by several
+hundredths when one cell changes. To say how sure a number is, and to compare two models on the
+same evaluation pair by pair, the evaluate stage keeps one row per generation
+(``per_generation_table``; ``reports/metrics_per_cell.parquet``):
+
+=========================  ========================================================================
+``cell``, ``seed``         the held-out cell and the sampling seed (the pair key between models)
+``caption``                the prompt
+``landform_requested``     what the caption names (a class, or the paper's word); None: nothing
+``landform_predicted``     the generated DEM's class by the captions stage's rules
+``landform_correct``       the request is met, at the level it names (1.0 / 0.0; NaN: no request)
+``slope_deg`` ...          the four terrain descriptors of ``metrics.DESCRIPTOR_NAMES``
+``rgb_dem_correlation``    the image's luminance against its DEM's hillshade (best azimuth)
+``biome_js``               Jensen-Shannon distance of this image's colours to the real images of
+                           its biome|month group (NaN when the group has no real image)
+=========================  ========================================================================
+
+``set_metrics`` turns such a table (and the real reference's) into the headline numbers;
+``cell_bootstrap`` gives a percentile interval of any of them by resampling cells (every seed of
+a cell stays together: the seeds of one cell are not independent evidence); ``paired_bootstrap``
+the interval of the difference between two models evaluated on the same cells and seeds, each
+resample taking the same cells for both. Set-level metrics (balanced accuracy, Wasserstein
+distances) are recomputed on each resample rather than averaged.
+
+Pure module: arrays and frames in, frames and numbers out.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import wasserstein_distance
+
+from components.evaluation import metrics
+
+__all__ = [
+    "KEY",
+    "Interval",
+    "cell_bootstrap",
+    "paired_bootstrap",
+    "per_generation_table",
+    "set_metrics",
+]
+
+KEY: tuple[str, str] = ("cell", "seed")
+_STATISTIC = Callable[[pd.DataFrame], float]
+
+
+def per_generation_table(
+    cells: Sequence[str],
+    seeds: Sequence[int],
+    captions: Sequence[str],
+    requested: Sequence[str | None],
+    groups: Sequence[str],
+    rgb: np.ndarray,
+    dems_m: np.ndarray,
+    pixel_size_m: float,
+    reference_rgb: np.ndarray | None = None,
+    reference_groups: Sequence[str] | None = None,
+    thresholds: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """One row per generation with every per-generation measure (the module's table).
+
+    Args:
+        cells, seeds, captions, requested, groups: per generation, same length N.
+        rgb: uint8 ``(N, H, W, 3)``; dems_m: metres ``(N, H, W)``.
+        pixel_size_m: ground spacing in metres.
+        reference_rgb, reference_groups: the real images ``biome_js`` compares with (omit both:
+            ``biome_js`` is NaN).
+        thresholds: the captions stage's landform thresholds.
+    """
+    n = len(cells)
+    for name, values in (("seeds", seeds), ("captions", captions), ("requested", requested), ("groups", groups),
+                         ("rgb", rgb), ("dems_m", dems_m)):
+        if len(values) != n:
+            raise ValueError(f"per_generation_table: {name} has {len(values)} entries for {n} cells")
+    predicted = metrics.classify_dems(dems_m, pixel_size_m, thresholds) if n else []
+    correct = [np.nan if not r else float(metrics.landform_balanced_accuracy([p], [r]).value)
+               for p, r in zip(predicted, requested)]
+    table = pd.DataFrame({
+        "cell": [str(c) for c in cells], "seed": [int(s) for s in seeds], "caption": list(captions),
+        "landform_requested": pd.Series(list(requested), dtype=object),
+        "landform_predicted": pd.Series(predicted, dtype=object),
+        "landform_correct": np.asarray(correct, dtype=np.float64),
+    })
+    descriptors = metrics.terrain_descriptors(dems_m, pixel_size_m) if n else pd.DataFrame(
+        columns=list(metrics.DESCRIPTOR_NAMES))
+    for name in metrics.DESCRIPTOR_NAMES:
+        table[name] = descriptors[name].to_numpy(dtype=np.float64)
+    table["rgb_dem_correlation"] = metrics.rgb_dem_correlations(rgb, dems_m, pixel_size_m) if n else []
+    table["biome_js"] = _biome_js(rgb, groups, reference_rgb, reference_groups)
+    table["group"] = list(groups)
+    if table.duplicated(list(KEY)).any():
+        raise ValueError("per_generation_table: (cell, seed) pairs repeat; each generation needs its own pair")
+    return table
+
+
+def _biome_js(rgb, groups, reference_rgb, reference_groups) -> np.ndarray:
+    out = np.full(len(groups), np.nan)
+    if reference_rgb is None or reference_groups is None or not len(groups):
+        return out
+    ref_groups = np.asarray(list(reference_groups), dtype=object)
+    reference = {g: metrics.colour_histogram(reference_rgb[ref_groups == g]) for g in set(groups)
+                 if (ref_groups == g).any()}
+    for i, (image, group) in enumerate(zip(rgb, groups)):
+        if group in reference:
+            out[i] = metrics.histogram_distance(metrics.colour_histogram(image), reference[group])
+    return out
+
+
+def set_metrics(table: pd.DataFrame, reference: pd.DataFrame | None = None) -> dict[str, float]:
+    """The headline numbers of a per-generation table.
+
+    landform_balanced_accuracy (requests at the level they name), rgb_dem_coherence (mean
+    correlation), biome_js_mean (mean per-image distance), and with ``reference`` (the real
+    pairs' table) realism_w1_<descriptor>. NaN where a table lacks what a metric needs.
+    """
+    asked = table[table["landform_requested"].notna()]
+    accuracy = (metrics.landform_balanced_accuracy(asked["landform_predicted"].tolist(),
+                                                   asked["landform_requested"].tolist()).value
+                if len(asked) else np.nan)
+    out = {
+        "landform_balanced_accuracy": float(accuracy),
+        "rgb_dem_coherence": float(table["rgb_dem_correlation"].mean()) if len(table) else np.nan,
+        "biome_js_mean": float(table["biome_js"].mean()) if table["biome_js"].notna().any() else np.nan,
+    }
+    if reference is not None:
+        for name in metrics.DESCRIPTOR_NAMES:
+            out[f"realism_w1_{name}"] = (float(wasserstein_distance(table[name], reference[name]))
+                                         if len(table) and len(reference) else np.nan)
+    return out
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A statistic and its percentile bootstrap interval over held-out cells.
+
+    estimate: the statistic on the whole table; low, high: the interval's bounds (NaN when it
+    cannot be given); level: e.g. 0.95; cells: how many cells were resampled; resamples: how
+    many resamples gave a finite value; note: why there is no interval, when there is none.
+    """
+
+    estimate: float
+    low: float
+    high: float
+    level: float
+    cells: int
+    resamples: int
+    note: str = ""
+
+    def excludes(self, value: float = 0.0) -> bool:
+        """The interval lies wholly above or below ``value`` (False without an interval)."""
+        return bool(np.isfinite(self.low) and np.isfinite(self.high) and (self.low > value or self.high < value))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in self.__dict__.items()}
+
+
+#: Fewer cells than this and a resampling interval says more about the few cells than the model.
+MIN_CELLS = 8
+
+
+def _resampled_indices(cells: np.ndarray, n_boot: int, seed: int) -> tuple[list[np.ndarray], int]:
+    """Row indices of ``n_boot`` resamples of whole cells (with replacement)."""
+    unique, codes = np.unique(cells, return_inverse=True)
+    rows_of = [np.flatnonzero(codes == k) for k in range(len(unique))]
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(unique), size=(n_boot, len(unique)))
+    return [np.concatenate([rows_of[k] for k in draw]) for draw in draws], len(unique)
+
+
+def _interval(estimate: float, values: list[float], level: float, cells: int) -> Interval:
+    finite = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
+    if cells < MIN_CELLS:
+        return Interval(estimate, np.nan, np.nan, level, cells, len(finite),
+                        f"{cells} held-out cells: too few for an interval (need {MIN_CELLS})")
+    if len(finite) < 0.9 * len(values):
+        return Interval(estimate, np.nan, np.nan, level, cells, len(finite),
+                        f"the statistic was undefined on {len(values) - len(finite)} of {len(values)} resamples")
+    low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(float(estimate), float(low), float(high), level, cells, len(finite))
+
+
+def cell_bootstrap(table: pd.DataFrame, statistic: _STATISTIC, n_boot: int = 1000, seed: int = 0,
+                   level: float = 0.95) -> Interval:
+    """Percentile interval of ``statistic(table)`` over resamples of whole cells.
+
+    Args:
+        table: a per-generation table (needs ``cell``).
+        statistic: frame -> float, e.g. ``lambda t: set_metrics(t)["landform_balanced_accuracy"]``.
+        n_boot: resamples (default 1000); seed: their random seed; level: e.g. 0.95.
+    """
+    _check_level(level, n_boot)
+    estimate = float(statistic(table))
+    samples, cells = _resampled_indices(table["cell"].to_numpy(dtype=object).astype(str), n_boot, seed)
+    values = [float(statistic(table.iloc[rows])) for rows in samples] if cells >= MIN_CELLS else []
+    return _interval(estimate, values, level, cells)
+
+
+def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, statistic: _STATISTIC, n_boot: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> Interval:
+    """Interval of ``statistic(a) - statistic(b)`` for two models on the same cells and seeds.
+
+    Rows are matched on (cell, seed); generations only one side has are left out (and a model
+    pair with no common generation is an error: they were not evaluated alike). Each resample
+    draws cells once and uses them for both models, so what the cells share cancels out.
+    """
+    _check_level(level, n_boot)
+    key = list(KEY)
+    common = a[key].merge(b[key], on=key)
+    if common.empty:
+        raise ValueError("paired_bootstrap: the two tables share no (cell, seed) generation; evaluate both "
+                         "on the same held-out cells and seeds")
+    a = a.merge(common, on=key).sort_values(key, ignore_index=True)
+    b = b.merge(common, on=key).sort_values(key, ignore_index=True)
+    estimate = float(statistic(a) - statistic(b))
+    samples, cells = _resampled_indices(a["cell"].to_numpy(dtype=object).astype(str), n_boot, seed)
+    values = ([float(statistic(a.iloc[rows]) - statistic(b.iloc[rows])) for rows in samples]
+              if cells >= MIN_CELLS else [])
+    return _interval(estimate, values, level, cells)
+
+
+def _check_level(level: float, n_boot: int) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1, got {level!r}")
+    if n_boot < 100:
+        raise ValueError(f"n_boot must be at least 100 for a percentile interval, got {n_boot!r}")

@@ -1,0 +1,145 @@
+"""Per-generation metrics and cell-resampling intervals (components/evaluation/per_cell.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.evaluation import metrics
+from components.evaluation.per_cell import (
+    MIN_CELLS,
+    cell_bootstrap,
+    paired_bootstrap,
+    per_generation_table,
+    set_metrics,
+)
+
+PIXEL_M = 120.0
+SIDE = 32
+
+
+def _dem(relief_m: float, rng: np.random.Generator) -> np.ndarray:
+    """A ridge of the given relief plus a little noise: steep when the relief is large."""
+    x = np.linspace(0, np.pi, SIDE)
+    ridge = np.sin(x)[None, :] * np.sin(x)[:, None]
+    return (relief_m * ridge + rng.normal(0, 0.5, (SIDE, SIDE))).astype(np.float32)
+
+
+def _generations(n_cells: int = 10, seeds=(1, 2)):
+    rng = np.random.default_rng(0)
+    cells, seed_col, captions, requested, groups, rgb, dems = [], [], [], [], [], [], []
+    for c in range(n_cells):
+        for s in seeds:
+            mountain = c % 2 == 0
+            cells.append(f"cell{c}")
+            seed_col.append(s)
+            captions.append(f"caption {c}")
+            requested.append("mountains" if mountain else "plains")
+            groups.append("forests|May" if c % 3 else "deserts|May")
+            rgb.append(rng.integers(0, 255, (SIDE, SIDE, 3), dtype=np.uint8))
+            dems.append(_dem(2000.0 if mountain else 5.0, rng))
+    return dict(cells=cells, seeds=seed_col, captions=captions, requested=requested, groups=groups,
+                rgb=np.stack(rgb), dems_m=np.stack(dems), pixel_size_m=PIXEL_M)
+
+
+def test_per_generation_table_holds_every_measure_and_agrees_with_the_set_metrics():
+    gen = _generations()
+    table = per_generation_table(**gen, reference_rgb=gen["rgb"][:4], reference_groups=gen["groups"][:4])
+    assert len(table) == 20 and list(table[["cell", "seed"]].iloc[0]) == ["cell0", 1]
+    assert set(table["landform_predicted"][table["landform_requested"] == "plains"]) == {"plains"}
+    assert set(table["landform_predicted"][table["landform_requested"] == "mountains"]) == {"high mountains"}
+    assert table["landform_correct"].tolist() == [1.0] * 20  # "mountains" is met by high mountains
+    descriptors = metrics.terrain_descriptors(gen["dems_m"], PIXEL_M)
+    np.testing.assert_allclose(table["slope_deg"], descriptors["slope_deg"])
+    np.testing.assert_allclose(table["rgb_dem_correlation"],
+                               metrics.rgb_dem_correlations(gen["rgb"], gen["dems_m"], PIXEL_M))
+    assert table["biome_js"].notna().all() and (table["biome_js"].between(0, 1)).all()
+
+    numbers = set_metrics(table, reference=table)
+    assert numbers["landform_balanced_accuracy"] == 1.0
+    assert numbers["rgb_dem_coherence"] == pytest.approx(metrics.rgb_dem_coherence(gen["rgb"], gen["dems_m"], PIXEL_M))
+    assert numbers["realism_w1_slope_deg"] == 0.0  # against itself
+    # no reference images: biome_js is NaN, not a made-up number
+    assert per_generation_table(**gen)["biome_js"].isna().all()
+
+
+def test_per_generation_table_checks_its_inputs():
+    gen = _generations()
+    with pytest.raises(ValueError, match="seeds has 19 entries for 20 cells"):
+        per_generation_table(**{**gen, "seeds": gen["seeds"][:-1]})
+    with pytest.raises(ValueError, match="repeat"):
+        per_generation_table(**{**gen, "seeds": [1] * 20})
+
+
+def _simulated(rng: np.random.Generator, n_cells: int, seeds: int, mean: float, cell_effects: np.ndarray):
+    rows = [{"cell": f"c{c}", "seed": s, "x": mean + cell_effects[c] + rng.normal(0, 0.5)}
+            for c in range(n_cells) for s in range(seeds)]
+    return pd.DataFrame(rows)
+
+
+def _mean_x(table: pd.DataFrame) -> float:
+    return float(table["x"].mean())
+
+
+def test_intervals_are_refused_with_too_few_cells():
+    rng = np.random.default_rng(1)
+    table = _simulated(rng, MIN_CELLS - 1, 3, 0.0, rng.normal(0, 1, MIN_CELLS))
+    interval = cell_bootstrap(table, _mean_x)
+    assert np.isnan(interval.low) and np.isnan(interval.high) and "too few" in interval.note
+    assert interval.estimate == pytest.approx(table["x"].mean()) and not interval.excludes(0.0)
+    assert interval.to_dict()["low"] is None
+
+
+def test_paired_bootstrap_needs_the_same_generations():
+    rng = np.random.default_rng(2)
+    a = _simulated(rng, 10, 2, 0.0, np.zeros(10))
+    b = a.assign(cell=a["cell"] + "-other")
+    with pytest.raises(ValueError, match="share no"):
+        paired_bootstrap(a, b, _mean_x)
+
+
+def test_paired_intervals_cover_a_known_effect_about_95_percent_of_the_time():
+    # Two models on the same 30 cells x 3 seeds; cells differ a lot (shared by both models), the
+    # true difference is 0.3. The paired interval must cover it in 90-98 % of repetitions, and
+    # exclude zero most of the time (the cell effects cancel in the pairing).
+    rng = np.random.default_rng(20261206)
+    covered = excluded_zero = 0
+    repetitions = 150
+    for _ in range(repetitions):
+        cell_effects = rng.normal(0, 2.0, 30)
+        a = _simulated(rng, 30, 3, 0.3, cell_effects)
+        b = _simulated(rng, 30, 3, 0.0, cell_effects)
+        interval = paired_bootstrap(a, b, _mean_x, n_boot=300, seed=int(rng.integers(1 << 31)))
+        covered += interval.low <= 0.3 <= interval.high
+        excluded_zero += interval.excludes(0.0)
+    assert 0.90 <= covered / repetitions <= 0.98, covered
+    assert excluded_zero / repetitions > 0.9, excluded_zero
+
+
+def test_unpaired_cell_bootstrap_is_wider_than_the_paired_difference():
+    rng = np.random.default_rng(3)
+    cell_effects = rng.normal(0, 2.0, 20)
+    a = _simulated(rng, 20, 3, 0.3, cell_effects)
+    b = _simulated(rng, 20, 3, 0.0, cell_effects)
+    single = cell_bootstrap(a, _mean_x, n_boot=400)
+    paired = paired_bootstrap(a, b, _mean_x, n_boot=400)
+    assert single.low < single.estimate < single.high
+    assert (paired.high - paired.low) < 0.5 * (single.high - single.low)
+    assert paired.estimate == pytest.approx(a["x"].mean() - b["x"].mean())
+
+
+def test_set_level_statistics_are_recomputed_per_resample():
+    # balanced accuracy is not a mean of rows: each resample recomputes it from its own rows
+    gen = _generations(n_cells=12)
+    table = per_generation_table(**gen)
+    flipped = table.copy()
+    wrong = flipped["landform_requested"] == "plains"
+    flipped.loc[wrong, "landform_predicted"] = "hills"
+    def accuracy(t):
+        return set_metrics(t)["landform_balanced_accuracy"]
+    assert accuracy(flipped) == pytest.approx(0.5)
+    interval = paired_bootstrap(table, flipped, accuracy, n_boot=200)
+    assert interval.estimate == pytest.approx(0.5)
+    assert interval.low == pytest.approx(0.5) and interval.high == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="n_boot"):
+        cell_bootstrap(table, accuracy, n_boot=10)
