@@ -40,8 +40,10 @@ from components.evaluation import metrics
 
 __all__ = [
     "KEY",
+    "PER_CELL_METRICS",
     "Interval",
     "cell_bootstrap",
+    "metric_statistic",
     "paired_bootstrap",
     "per_generation_table",
     "set_metrics",
@@ -136,6 +138,28 @@ def set_metrics(table: pd.DataFrame, reference: pd.DataFrame | None = None) -> d
     return out
 
 
+#: The metrics a per-generation table gives back (``set_metrics``), by name.
+PER_CELL_METRICS: tuple[str, ...] = (
+    "landform_balanced_accuracy", "rgb_dem_coherence", "biome_js_mean",
+    *(f"realism_w1_{name}" for name in metrics.DESCRIPTOR_NAMES),
+)
+
+
+def metric_statistic(name: str) -> _STATISTIC:
+    """frame -> the metric ``name`` of an evaluation's per-cell table (``reports/metrics_per_cell.parquet``):
+    its generated rows, with its real rows as the reference where the metric needs one. For
+    ``cell_bootstrap`` and ``paired_bootstrap``: a resample of cells takes both kinds of row."""
+    if name not in PER_CELL_METRICS:
+        raise ValueError(f"{name!r} has no per-cell form; per-cell metrics: {list(PER_CELL_METRICS)}")
+
+    def statistic(table: pd.DataFrame) -> float:
+        if "source" not in table.columns:
+            return set_metrics(table)[name]
+        real = table[table["source"] == "real"]
+        return set_metrics(table[table["source"] == "generated"], real if len(real) else None).get(name, np.nan)
+    return statistic
+
+
 @dataclass(frozen=True)
 class Interval:
     """A statistic and its percentile bootstrap interval over held-out cells.
@@ -211,7 +235,7 @@ def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, statistic: _STATISTIC, n_
     draws cells once and uses them for both models, so what the cells share cancels out.
     """
     _check_level(level, n_boot)
-    key = list(KEY)
+    key = list(KEY) + (["source"] if "source" in a.columns and "source" in b.columns else [])
     common = a[key].merge(b[key], on=key)
     if common.empty:
         raise ValueError("paired_bootstrap: the two tables share no (cell, seed) generation; evaluate both "

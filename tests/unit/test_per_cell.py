@@ -8,7 +8,9 @@ import pytest
 from components.evaluation import metrics
 from components.evaluation.per_cell import (
     MIN_CELLS,
+    PER_CELL_METRICS,
     cell_bootstrap,
+    metric_statistic,
     paired_bootstrap,
     per_generation_table,
     set_metrics,
@@ -143,3 +145,22 @@ def test_set_level_statistics_are_recomputed_per_resample():
     assert interval.low == pytest.approx(0.5) and interval.high == pytest.approx(0.5)
     with pytest.raises(ValueError, match="n_boot"):
         cell_bootstrap(table, accuracy, n_boot=10)
+
+
+def test_metric_statistics_read_an_evaluation_table_with_its_real_rows():
+    gen = _generations(n_cells=10)
+    generated = per_generation_table(**gen).assign(source="generated")
+    first = [i for i, s in enumerate(gen["seeds"]) if s == 1]  # the real pairs: one per cell, seed 0
+    real = per_generation_table(**{k: ([v[i] for i in first] if isinstance(v, list) else
+                                       v[first] if isinstance(v, np.ndarray) else v) for k, v in gen.items()}
+                                | {"seeds": [0] * len(first)}).assign(source="real")
+    table = pd.concat([generated, real], ignore_index=True)
+    expected = set_metrics(generated, reference=real)
+    for name in PER_CELL_METRICS:
+        got, want = metric_statistic(name)(table), expected[name]
+        assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(want), name
+    with pytest.raises(ValueError, match="no per-cell form"):
+        metric_statistic("heldout_denoising_loss")
+    # a model against itself: zero difference, and real rows pair with real rows
+    same = paired_bootstrap(table, table, metric_statistic("realism_w1_slope_deg"), n_boot=100)
+    assert same.estimate == 0.0 and same.low == 0.0 and same.high == 0.0
