@@ -60,6 +60,7 @@ from components.captions.landform import paper_landform_word
 
 __all__ = [
     "CAPTION_PREFIX",
+    "CAPTION_GRAMMAR_VERSION",
     "SLOTS",
     "DEFAULT_AUGMENTATION",
     "AugmentationDraw",
@@ -72,6 +73,10 @@ __all__ = [
 ]
 
 CAPTION_PREFIX = "A Sentinel-2 image"
+#: Which caption grammar built a caption: raised whenever the same descriptors would read differently
+#: (2: issue 24, habitat phrases and the paper's landform words). Evaluations and model versions
+#: record it, so models trained or evaluated under different grammars are not compared blindly.
+CAPTION_GRAMMAR_VERSION = 2
 #: The paper's four descriptors, in template order.
 SLOTS: tuple[str, ...] = ("biome", "geological", "country", "month")
 _GEOLOGICAL = {"local": "landform_local", "regional": "landform_regional"}

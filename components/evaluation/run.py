@@ -92,6 +92,7 @@ def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping
     report = evaluate.metrics_report(
         {**model, **losses}, real, model=model_label, generations=len(generated), held_out_cells=len(held_out),
         evaluation_fingerprint=evaluation_fingerprint(held_out, settings, landform_thresholds, shadow),
+        **grammar_versions(),
         heldout_denoising_loss_shuffled_captions=evaluate.json_number(
             losses[f"{denoising.NAME}_shuffled_captions"]),
         seeds=list(settings.seeds), steps=settings.steps, guidance=settings.guidance,
@@ -170,6 +171,15 @@ def _paper_words_adherence(generate, held_out, settings: EvaluateParams, pixel: 
 METRIC_CODE = ("metrics.py", "evaluate.py", "denoising.py", "run.py", "per_cell.py")
 
 
+def grammar_versions() -> dict[str, int]:
+    """The versions of the rules an evaluation's numbers depend on beyond its code: the caption
+    grammar (how descriptors become prompts) and the DEM rule (how outputs become metres)."""
+    from components.captions.builder import CAPTION_GRAMMAR_VERSION
+    from components.model.dem_rule import DEM_RULE_VERSION
+
+    return {"caption_grammar": CAPTION_GRAMMAR_VERSION, "dem_rule": DEM_RULE_VERSION}
+
+
 def evaluation_fingerprint(held_out, settings: EvaluateParams, landform_thresholds: Mapping[str, Any] | None,
                            shadow: bool) -> str:
     """What makes two evaluations comparable: the held-out pairs, the settings and the metric code.
@@ -183,8 +193,8 @@ def evaluation_fingerprint(held_out, settings: EvaluateParams, landform_threshol
     digest = hashlib.blake2b(digest_size=16)
     for array in (held_out.rgb, held_out.dem_m):
         digest.update(array.tobytes())
-    digest.update(json.dumps([held_out.captions, repr(settings), landform_thresholds or {}, shadow],
-                             sort_keys=True, default=str).encode())
+    digest.update(json.dumps([held_out.captions, repr(settings), landform_thresholds or {}, shadow,
+                              grammar_versions()], sort_keys=True, default=str).encode())
     for name in METRIC_CODE:  # the code that computes the numbers (not the grids)
         digest.update((Path(__file__).parent / name).read_bytes())
     return digest.hexdigest()

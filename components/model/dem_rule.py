@@ -28,6 +28,9 @@ import torch
 from components.atomic import write_json_atomic
 
 DEM_RULE_FILE = "dem_rule.json"
+#: Which rule turns the model's output into metres: raised whenever the same output would give other
+#: metres. Evaluations and model versions record it next to the caption grammar.
+DEM_RULE_VERSION = 1
 
 # The descriptor order of ``components.samples.stats.BASE_ELEVATION_KEYS`` (kept here so the
 # pipeline does not import the prepare stage; a test checks that the two agree). It breaks ties

@@ -50,6 +50,8 @@ METRIC_TAG_PREFIX = "metric."
 DIRECTION_SUFFIX = ".direction"
 RUN_ID_TAG = "mesa.run_id"
 EVALUATION_TAG = "mesa.evaluation_fingerprint"  # which held-out set, settings and metric code
+# The evaluation's caption grammar and DEM rule versions (also inside its fingerprint)
+GRAMMAR_TAGS = {"caption_grammar": "mesa.caption_grammar", "dem_rule": "mesa.dem_rule"}
 PREVIOUS_CHAMPION_TAG = "previous_champion"
 DECISION_TAG = "promotion.decision"
 REASONS_TAG = "promotion.reasons"
@@ -115,6 +117,9 @@ def metric_tags(metrics_report: Mapping | None) -> dict[str, str]:
             tags[f"{METRIC_TAG_PREFIX}{name}"] = repr(value)
     if metrics_report.get("evaluation_fingerprint"):
         tags[EVALUATION_TAG] = str(metrics_report["evaluation_fingerprint"])
+    for key, tag in GRAMMAR_TAGS.items():
+        if metrics_report.get(key) is not None:
+            tags[tag] = str(metrics_report[key])
     return tags
 
 
@@ -130,7 +135,7 @@ def retag_evaluation(client: Any, name: str, version: int | str, metrics_report:
     new = metric_tags(metrics_report)
     old = client.get_model_version(name, str(version)).tags or {}
     for key in old:
-        if (key.startswith(METRIC_TAG_PREFIX) or key == EVALUATION_TAG) and key not in new:
+        if (key.startswith(METRIC_TAG_PREFIX) or key in (EVALUATION_TAG, *GRAMMAR_TAGS.values())) and key not in new:
             client.delete_model_version_tag(name, str(version), key)
     for key, value in new.items():
         client.set_model_version_tag(name, str(version), key, value)

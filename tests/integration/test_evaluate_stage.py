@@ -50,6 +50,7 @@ def test_evaluate_writes_metrics_report_and_grids_for_an_untrained_model(prepare
     assert set(report["grids"]) == {"seed_variability", "caption_influence", "real_vs_generated"}
     # The paper's landform words: reported with their own chance (four words, or fewer on micro).
     assert 0 < metrics["landform_chance_paper_words"] <= 1 and "paper's words" in markdown
+    assert metrics["caption_grammar"] >= 2 and metrics["dem_rule"] >= 1
     # Every generation and every real held-out pair, one row each, keyed by (cell, seed).
     import pandas as pd
 

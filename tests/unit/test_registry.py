@@ -276,14 +276,18 @@ def test_metric_tags_carry_the_evaluation_fingerprint_and_retagging_replaces_the
     from components.tracking.registry import EVALUATION_TAG, metric_tags, retag_evaluation
 
     first = {"metrics": {"loss": {"direction": "lower_is_better", "value": 0.5},
-                         "old": {"direction": "higher_is_better", "value": 0.1}}, "evaluation_fingerprint": "abc"}
+                         "old": {"direction": "higher_is_better", "value": 0.1}}, "evaluation_fingerprint": "abc",
+             "caption_grammar": 1, "dem_rule": 1}
     tags = metric_tags(first)
     assert tags[EVALUATION_TAG] == "abc" and tags["metric.loss"] == "0.5"
+    # the caption grammar and DEM rule the numbers were made under travel with them
+    assert tags["mesa.caption_grammar"] == "1" and tags["mesa.dem_rule"] == "1"
     client, _, models = store
     run_id, model_uri = models[2]
     version = register_pipeline(client, "retag", run_id, model_uri, first).version
     retag_evaluation(client, "retag", version, {"metrics": {"loss": {"direction": "lower_is_better", "value": 0.4}},
-                                                "evaluation_fingerprint": "def"})
+                                                "evaluation_fingerprint": "def", "caption_grammar": 2})
     tags = client.get_model_version("retag", version).tags
     assert tags[EVALUATION_TAG] == "def" and tags["metric.loss"] == "0.4"
+    assert tags["mesa.caption_grammar"] == "2" and "mesa.dem_rule" not in tags  # re-evaluated: the new ones
     assert "metric.old" not in tags and "metric.old.direction" not in tags and tags["mesa.run_id"] == run_id
