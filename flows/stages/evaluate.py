@@ -6,6 +6,7 @@ from pathlib import Path
 from prefect import flow
 
 from components.layout import (
+    METRICS_PER_CELL_REPORT,
     METRICS_REPORT,
     PIPELINE_DIR,
     REPORTS_DIR,
@@ -61,5 +62,7 @@ def _log_evaluation(root: Path, model: str, report: dict) -> None:
     for path in report["grids"].values():
         tracker.log_artifact(path, "evaluation")
     tracker.log_artifact(str(root / METRICS_REPORT), "evaluation")
+    if (root / METRICS_PER_CELL_REPORT).exists():  # for paired comparisons with later models
+        tracker.log_artifact(str(root / METRICS_PER_CELL_REPORT), "evaluation")
     tracker.finish()
     print(f"[evaluate] logged to MLflow run {run_id}", flush=True)

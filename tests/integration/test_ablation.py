@@ -124,6 +124,8 @@ def test_the_comparison_table_has_every_metric_per_variant(ablated):
         direction = metric["direction"].replace("_", " ")
         assert f"{name} ({direction})" in header
     assert "validation_loss (lower is better)" in header
+    # each variant's per-cell evaluation travels with its run, for paired comparisons later
+    assert "evaluation/metrics_per_cell.parquet" in {f.path for f in client.list_artifacts(some_run, "evaluation")}
     summary = json.loads((root / "reports/ablation.json").read_text())
     assert all(entry["validation_loss"] is not None for entry in summary["variants"])
 
