@@ -52,6 +52,8 @@ PLACE_PARTICLES: frozenset[str] = frozenset({
 })
 #: Words that join habitats and are dropped from the phrase, as the paper's prompts do.
 _JOINERS = frozenset({"and", "&"})
+#: Names RESOLVE writes capitalised that are one habitat ("Rock and Ice").
+_ALL_HABITAT_NAMES = frozenset({"rock", "ice", "tundra", "mangroves", "desert", "deserts"})
 
 
 def _is_place(word: str) -> bool:
@@ -65,6 +67,11 @@ def _bare(word: str) -> str:
 
 def _words(name: str) -> list[str]:
     return [w for w in name.replace(",", " ").split() if w.strip(".,;:()'\"")]
+
+
+def _is_habitat_name(words: list[str]) -> bool:
+    """Rule 5: every word a habitat word or a joiner ("Rock and Ice")."""
+    return all(_bare(w) in _JOINERS or _bare(w) in _ALL_HABITAT_NAMES for w in words)
 
 
 def _habitat_flags(words: list[str]) -> list[bool]:
@@ -101,18 +108,14 @@ def habitat_phrase(name: str | None) -> str | None:
     words = _words(name)
     if not words:
         return None
-    if all(_bare(w) in _JOINERS or _bare(w) in _ALL_HABITAT_NAMES for w in words):
-        return " ".join(_bare(w) for w in words)  # rule 5: "Rock and Ice"
+    if _is_habitat_name(words):
+        return " ".join(_bare(w) for w in words)
     flags = _habitat_flags(words)
     kept = [_bare(w) if _is_place(w) else w.strip(".,;:()'\"") for w, h in zip(words, flags) if h]
     kept = [w for w in kept if w not in _JOINERS]
     while kept and kept[0] in PLACE_PARTICLES:  # "of" left by a place the rule took away
         kept.pop(0)
     return " ".join(kept) or None
-
-
-#: Names RESOLVE writes capitalised that are one habitat ("Rock and Ice").
-_ALL_HABITAT_NAMES = frozenset({"rock", "ice", "tundra", "mangroves", "desert", "deserts"})
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ def _note(name: str, phrase: str | None) -> str:
     words = _words(name)
     if phrase is None:
         return "no habitat word: the caption names the biome's short form"
-    if all(_bare(w) in _ALL_HABITAT_NAMES or _bare(w) in _JOINERS for w in words):
+    if _is_habitat_name(words):
         return "a habitat name (rule 5)"
     if not any(_is_place(w) for w in words):
         return "no place word: the phrase is the whole name"
@@ -150,4 +153,5 @@ def phrase_report(names: Iterable[str | None]) -> list[PhraseRow]:
     an opening habitat word lifted to the phrase, a single word left. Empty names are skipped.
     """
     distinct = sorted({n.strip() for n in names if isinstance(n, str) and n.strip()})
-    return [PhraseRow(n, habitat_phrase(n), _note(n, habitat_phrase(n))) for n in distinct]
+    phrases = {n: habitat_phrase(n) for n in distinct}
+    return [PhraseRow(n, phrase, _note(n, phrase)) for n, phrase in phrases.items()]

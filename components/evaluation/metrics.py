@@ -53,6 +53,7 @@ __all__ = [
     "COHERENCE_AZIMUTHS_DEG",
     "classify_dems",
     "landform_balanced_accuracy",
+    "landform_met",
     "colour_histogram",
     "histogram_distance",
     "biome_adherence",
@@ -189,6 +190,12 @@ class BalancedAccuracy:
     support: dict[str, int] = field(default_factory=dict)
 
 
+def landform_met(predicted: str | None, requested: str) -> bool:
+    """Whether a generation of class ``predicted`` meets a request, at the level the request names:
+    the class itself, or its paper word ("mountains" is met by either mountain class)."""
+    return predicted is not None and (predicted == requested or paper_landform_word(predicted) == requested)
+
+
 def landform_balanced_accuracy(predicted: Sequence[str | None], requested: Sequence[str]) -> BalancedAccuracy:
     """Balanced accuracy of generated landforms against the requested ones. Higher is better.
 
@@ -220,8 +227,7 @@ def landform_balanced_accuracy(predicted: Sequence[str | None], requested: Seque
         raise ValueError("requested is empty: balanced accuracy needs at least one request")
     if any(r is None for r in req):
         raise ValueError("requested contains None: every caption must ask for a landform")
-    # the generation's class, or its paper word where that is what was asked
-    pred_arr = np.array([p if p == r else paper_landform_word(p) for p, r in zip(pred, req)], dtype=object)
+    met = np.array([landform_met(p, r) for p, r in zip(pred, req)], dtype=bool)
     req_arr = np.array(req, dtype=object)
     classes = tuple(sorted(set(req), key=str))
     recall: dict[str, float] = {}
@@ -229,7 +235,7 @@ def landform_balanced_accuracy(predicted: Sequence[str | None], requested: Seque
     for cls in classes:
         asked = req_arr == cls
         support[cls] = int(asked.sum())
-        recall[cls] = float(np.mean(pred_arr[asked] == cls))
+        recall[cls] = float(np.mean(met[asked]))
     return BalancedAccuracy(
         value=float(np.mean(list(recall.values()))),
         chance=1.0 / len(classes),

@@ -82,8 +82,7 @@ def per_generation_table(
         if len(values) != n:
             raise ValueError(f"per_generation_table: {name} has {len(values)} entries for {n} cells")
     predicted = metrics.classify_dems(dems_m, pixel_size_m, thresholds) if n else []
-    correct = [np.nan if not r else float(metrics.landform_balanced_accuracy([p], [r]).value)
-               for p, r in zip(predicted, requested)]
+    correct = [float(metrics.landform_met(p, r)) if r else np.nan for p, r in zip(predicted, requested)]
     table = pd.DataFrame({
         "cell": [str(c) for c in cells], "seed": [int(s) for s in seeds], "caption": list(captions),
         "landform_requested": pd.Series(list(requested), dtype=object),

@@ -111,6 +111,10 @@ def test_balanced_accuracy_scores_each_request_at_the_level_it_names():
     assert landform_balanced_accuracy(["plains", "tablelands", "hills", "low mountains"], words).value == 1.0
     assert landform_balanced_accuracy(["plains", "tablelands", "hills", "hills"], words).chance == 0.25
     assert landform_balanced_accuracy(["low mountains"], ["mountains"]).value == 1.0
+    from components.evaluation.metrics import landform_met
+
+    assert landform_met("high mountains", "mountains") and not landform_met("hills", "mountains")
+    assert not landform_met(None, "plains") and not landform_met("low mountains", "high mountains")
     assert landform_balanced_accuracy(["low mountains"], ["high mountains"]).value == 0.0
 
 
