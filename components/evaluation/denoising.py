@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from components.evaluation import per_cell
+
 NAME = "heldout_denoising_loss"
 MIN_TERMS = 32  # a small held-out set is repeated (new noise, new timestep) up to this many terms
 DIRECTION = "lower_is_better"
@@ -27,8 +29,10 @@ def heldout_denoising_loss(pipeline, shards: Sequence[str], dem_scale_m: float, 
         max_samples: cap on the held-out samples (all are encoded in one batch).
 
     Returns:
-        ``{"heldout_denoising_loss": ..., "heldout_denoising_loss_shuffled_captions": ...}``; NaN
-        for both when the test split is empty, for the shuffled one when all its captions are the same.
+        ``{"heldout_denoising_loss": ..., "heldout_denoising_loss_shuffled_captions": ..., "terms":
+        per_cell.denoising_rows(...)}`` (one row per sample x repeat, for paired comparisons); NaN
+        for both numbers and no rows when the test split is empty, NaN for the shuffled one when
+        all its captions are the same.
     """
     from components.model.factories import training_scheduler
     from components.training.validation import ValidationSet
@@ -38,6 +42,9 @@ def heldout_denoising_loss(pipeline, shards: Sequence[str], dem_scale_m: float, 
                                              pipeline.tokenizer, pipeline.text_encoder, pipeline.device,
                                              repeat_to=MIN_TERMS)
     except ValueError:
-        return {NAME: math.nan, f"{NAME}_shuffled_captions": math.nan}
-    losses = held_out.losses(pipeline.unet, training_scheduler())
-    return {NAME: losses["loss"], f"{NAME}_shuffled_captions": losses["loss_shuffled_captions"]}
+        return {NAME: math.nan, f"{NAME}_shuffled_captions": math.nan, "terms": per_cell.denoising_rows([], [], [], [])}
+    terms = held_out.term_losses(pipeline.unet, training_scheduler())
+    rows = per_cell.denoising_rows(held_out.sample_ids, terms["squared_error"], terms["squared_error_shuffled"],
+                                   terms["weight"])
+    return {NAME: terms["loss"], f"{NAME}_shuffled_captions": per_cell.denoising_loss(rows, shuffled=True),
+            "terms": rows}

@@ -17,6 +17,11 @@ same evaluation pair by pair, the evaluate stage keeps one row per generation
                            its biome|month group (NaN when the group has no real image)
 =========================  ========================================================================
 
+The held-out denoising loss has rows of its own (``denoising_rows``; ``source`` "denoising"): one
+per held-out sample and repeat (``seed`` is the repeat), with the summed squared v-error under the
+true and under shuffled captions and its normaliser, so that a resample of cells recomputes the
+loss exactly (``denoising_loss``).
+
 ``set_metrics`` turns such a table (and the real reference's) into the headline numbers;
 ``cell_bootstrap`` gives a percentile interval of any of them by resampling cells (every seed of
 a cell stays together: the seeds of one cell are not independent evidence); ``paired_bootstrap``
@@ -41,6 +46,8 @@ from components.evaluation import metrics
 __all__ = [
     "KEY",
     "PER_CELL_METRICS",
+    "denoising_loss",
+    "denoising_rows",
     "Interval",
     "cell_bootstrap",
     "metric_statistic",
@@ -137,21 +144,56 @@ def set_metrics(table: pd.DataFrame, reference: pd.DataFrame | None = None) -> d
     return out
 
 
-#: The metrics a per-generation table gives back (``set_metrics``), by name.
+DENOISING_SOURCE = "denoising"
+DENOISING_METRIC = "heldout_denoising_loss"
+
+
+def denoising_rows(sample_ids: Sequence[str], squared_error: Sequence[float],
+                   squared_error_shuffled: Sequence[float], weight: Sequence[float]) -> pd.DataFrame:
+    """The held-out denoising loss's terms as per-cell rows: ``cell`` (the sample), ``seed`` (its
+    repeat: 0, 1, ... in order of appearance), ``source`` "denoising", ``squared_error``,
+    ``squared_error_shuffled`` and ``weight`` (see ``ValidationSet.term_losses``)."""
+    n = len(sample_ids)
+    for name, values in (("squared_error", squared_error), ("squared_error_shuffled", squared_error_shuffled),
+                         ("weight", weight)):
+        if len(values) != n:
+            raise ValueError(f"denoising_rows: {name} has {len(values)} entries for {n} samples")
+    cells = pd.Series([str(c) for c in sample_ids], dtype=object)
+    return pd.DataFrame({"cell": cells, "seed": cells.groupby(cells).cumcount().astype(np.int64),
+                         "source": DENOISING_SOURCE,
+                         "squared_error": np.asarray(squared_error, dtype=np.float64),
+                         "squared_error_shuffled": np.asarray(squared_error_shuffled, dtype=np.float64),
+                         "weight": np.asarray(weight, dtype=np.float64)})
+
+
+def denoising_loss(table: pd.DataFrame, shuffled: bool = False) -> float:
+    """The held-out denoising loss of a table's denoising rows (NaN without any, or without weight)."""
+    if "source" not in table.columns or "weight" not in table.columns:
+        return np.nan
+    rows = table[table["source"] == DENOISING_SOURCE]
+    weight = float(rows["weight"].sum())
+    error = rows["squared_error_shuffled" if shuffled else "squared_error"]
+    return float(error.sum()) / weight if weight > 0 and error.notna().all() else np.nan
+
+
+#: The metrics a per-cell table gives back (``set_metrics``, ``denoising_loss``), by name.
 PER_CELL_METRICS: tuple[str, ...] = (
-    "landform_balanced_accuracy", "rgb_dem_coherence", "biome_js_mean",
+    DENOISING_METRIC, "landform_balanced_accuracy", "rgb_dem_coherence", "biome_js_mean",
     *(f"realism_w1_{name}" for name in metrics.DESCRIPTOR_NAMES),
 )
 
 
 def metric_statistic(name: str) -> _STATISTIC:
     """frame -> the metric ``name`` of an evaluation's per-cell table (``reports/metrics_per_cell.parquet``):
-    its generated rows, with its real rows as the reference where the metric needs one. For
+    its generated rows, with its real rows as the reference where the metric needs one (the
+    held-out denoising loss: its denoising rows). For
     ``cell_bootstrap`` and ``paired_bootstrap``: a resample of cells takes both kinds of row."""
     if name not in PER_CELL_METRICS:
         raise ValueError(f"{name!r} has no per-cell form; per-cell metrics: {list(PER_CELL_METRICS)}")
 
     def statistic(table: pd.DataFrame) -> float:
+        if name == DENOISING_METRIC:
+            return denoising_loss(table)
         if "source" not in table.columns:
             return set_metrics(table)[name]
         real = table[table["source"] == "real"]

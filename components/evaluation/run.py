@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from components.atomic import atomic_write, write_json_atomic
 from components.evaluation import denoising, evaluate, grids, per_cell
 from components.config import EvaluateConfig
@@ -83,12 +85,13 @@ def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping
         control = evaluate.generate_for_cells(generate, evaluate.shuffled_captions(held_out), settings.seeds,
                                               settings.min_generations, settings.batch_size)
         shuffled = evaluate.score(control, held_out, pixel, landform_thresholds)
-    table = per_generation_tables(generated, held_out, training, pixel, landform_thresholds)
-    atomic_write(reports / METRICS_PER_CELL_FILE, lambda tmp: table.to_parquet(tmp, index=False))
     paper_words = _paper_words_adherence(generate, held_out, settings, pixel, landform_thresholds, progress)
     real = evaluate.score(held_out, training, pixel, landform_thresholds)
     losses = denoising.heldout_denoising_loss(pipeline, [str(s) for s in sample_shards], float(stats["dem_scale_m"]),
                                               shadow, settings.denoising_samples)
+    table = pd.concat([per_generation_tables(generated, held_out, training, pixel, landform_thresholds),
+                       losses.pop("terms")], ignore_index=True)
+    atomic_write(reports / METRICS_PER_CELL_FILE, lambda tmp: table.to_parquet(tmp, index=False))
     report = evaluate.metrics_report(
         {**model, **losses}, real, model=model_label, generations=len(generated), held_out_cells=len(held_out),
         evaluation_fingerprint=evaluation_fingerprint(held_out, settings, landform_thresholds, shadow),
@@ -137,8 +140,6 @@ def per_generation_tables(generated, held_out, training, pixel: float,
     ``source`` ("generated" / "real"; the real pairs have seed 0): what paired comparisons and
     intervals read. Colours compare with the held-out images (the model) and the training images
     (the real pairs), as ``score`` does."""
-    import pandas as pd
-
     model = per_cell.per_generation_table(
         generated.cell_ids, generated.seeds, generated.captions, generated.landform, generated.group,
         generated.rgb, generated.dem_m, pixel, held_out.rgb, held_out.group, landform_thresholds)

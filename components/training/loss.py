@@ -151,6 +151,30 @@ def masked_v_loss(model_pred: torch.Tensor, target: torch.Tensor, mask_latent: t
     return LossParts(image + dem, image, dem, valid_share, empty_samples)
 
 
+def per_sample_squared_error(model_pred: torch.Tensor, target: torch.Tensor,
+                             mask_latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: the masked squared v-error summed over channels and positions, and its normaliser.
+
+    Summed over a batch, error / normaliser is ``masked_v_loss(...).total`` (float64 sums, so a
+    resample of samples recomputes the batch's loss exactly): the form a per-cell table keeps.
+
+    Args:
+        model_pred, target, mask_latent: as for :func:`masked_v_loss`.
+
+    Returns:
+        (error, normaliser): two float64 tensors of shape (B,); the normaliser is the sample's
+        summed mask weight times the channels per modality.
+    """
+    _check_loss_inputs(model_pred, target, mask_latent)
+    channels = model_pred.shape[1] // 2
+    mask = mask_latent.to(device=model_pred.device, dtype=torch.float32)
+    valid = mask > 0
+    diff = torch.where(valid, model_pred.float() - target.to(model_pred.device).float(), 0.0)
+    weights = torch.where(valid, mask, 0.0)
+    error = (diff.square() * weights).double().flatten(1).sum(dim=1)
+    return error, weights.double().flatten(1).sum(dim=1) * channels
+
+
 def apply_noise(
     scheduler,
     image_latents: torch.Tensor,

@@ -8,7 +8,7 @@ samples tells whether the model uses its conditioning at all.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ class ValidationSet:
     tokenizer: Any
     text_encoder: Any
     split: str                   # how many held-out and training samples it holds
+    sample_ids: list[str] = field(default_factory=list)  # per term (a repeated sample repeats its id)
 
     @classmethod
     def build(cls, layout: ProjectLayout, params: Mapping[str, Any], train_params, vae, tokenizer, text_encoder,
@@ -84,34 +85,55 @@ class ValidationSet:
         return cls(image=image, dem=dem, mask=batch["mask_latent"].to(device), captions=list(batch["caption"]),
                    noise_image=noise.image_noise.to(device), noise_dem=noise.dem_noise.to(device),
                    timesteps=noise.timesteps.to(device), tokenizer=tokenizer, text_encoder=text_encoder,
-                   split=split)
+                   split=split, sample_ids=list(batch["sample_id"]))
 
     @torch.no_grad()
     def losses(self, unet, scheduler) -> dict[str, float]:
         """Validation loss with the true captions and with captions shuffled across samples (NaN
         for the shuffled loss when all samples share one caption: there is no other to give them)."""
+        terms = self.term_losses(unet, scheduler)
+        weight = float(terms["weight"].sum())
+        return {"loss": terms["loss"], "loss_image": terms["loss_image"], "loss_dem": terms["loss_dem"],
+                "loss_shuffled_captions": float(terms["squared_error_shuffled"].sum()) / weight}
+
+    @torch.no_grad()
+    def term_losses(self, unet, scheduler) -> dict[str, Any]:
+        """The losses of :meth:`losses` and, per term (sample x repeat), the parts they are made of.
+
+        Returns:
+            ``loss``, ``loss_image``, ``loss_dem`` (floats, as training reports them) and per term
+            (numpy arrays in ``sample_ids`` order): ``squared_error`` and ``squared_error_shuffled``
+            (the masked squared v-error summed over the latent, the shuffled one averaged over the
+            caption shuffles; NaN when all captions are the same) and ``weight`` (its normaliser).
+            sum(squared_error) / sum(weight) is the loss: what a resample of cells recomputes.
+        """
         from components.model.text import tokenize_prompts
-        from components.training.loss import apply_noise, masked_v_loss
+        from components.training.loss import apply_noise, masked_v_loss, per_sample_squared_error
 
         noised = apply_noise(scheduler, self.image, self.dem, self.timesteps, self.noise_image, self.noise_dem)
 
-        def loss_for(captions: Sequence[str]):
+        def predict(captions: Sequence[str]) -> torch.Tensor:
             ids = tokenize_prompts(self.tokenizer, list(captions)).to(self.image.device)
             context = self.text_encoder(input_ids=ids).last_hidden_state
-            prediction = unet(noised.noisy.to(unet.dtype), noised.timesteps, context.to(unet.dtype)).sample
-            return masked_v_loss(prediction.float(), noised.target, self.mask)
+            return unet(noised.noisy.to(unet.dtype), noised.timesteps, context.to(unet.dtype)).sample.float()
 
         was_training = unet.training
         unet.eval()
-        true = loss_for(self.captions)
+        prediction = predict(self.captions)
+        true = masked_v_loss(prediction, noised.target, self.mask)
+        error, weight = per_sample_squared_error(prediction, noised.target, self.mask)
         # Every sample gets another's caption, by seeded random derangements: not a roll by one,
         # which pairs neighbouring grid cells whose captions are often the same.
-        shuffled = [loss_for([self.captions[j] for j in order]).total.item()
-                    for order in derangements(len(self.captions), SHUFFLES, VALIDATION_SEED)
-                    ] if len(set(self.captions)) >= 2 else [float("nan")]
+        if len(set(self.captions)) >= 2:
+            shuffled = sum(per_sample_squared_error(predict([self.captions[j] for j in order]), noised.target,
+                                                    self.mask)[0]
+                           for order in derangements(len(self.captions), SHUFFLES, VALIDATION_SEED)) / SHUFFLES
+        else:
+            shuffled = torch.full_like(error, float("nan"))
         unet.train(was_training)
         return {"loss": float(true.total), "loss_image": float(true.image), "loss_dem": float(true.dem),
-                "loss_shuffled_captions": sum(shuffled) / len(shuffled)}
+                "squared_error": error.cpu().numpy(), "squared_error_shuffled": shuffled.cpu().numpy(),
+                "weight": weight.cpu().numpy()}
 
 
 def derangements(n: int, count: int, seed: int) -> list[list[int]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import yaml
 
 from tests.conftest import PROJECT_ROOT
@@ -64,3 +65,14 @@ def test_evaluate_writes_metrics_report_and_grids_for_an_untrained_model(prepare
     numbers = set_metrics(generated, reference=real)
     assert round(numbers["landform_balanced_accuracy"], 6) == metrics["metrics"]["landform_balanced_accuracy"]["value"]
     assert round(numbers["realism_w1_slope_deg"], 6) == metrics["metrics"]["realism_w1_slope_deg"]["value"]
+    # ... and the held-out denoising loss from its own rows (sample x repeat), exactly as reported
+    from components.evaluation.per_cell import denoising_loss, metric_statistic
+
+    terms = table[table["source"] == "denoising"]
+    assert len(terms) >= 32 and set(terms["cell"]) <= set(real["cell"])  # held-out samples only
+    reported = metrics["metrics"]["heldout_denoising_loss"]["value"]
+    assert abs(metric_statistic("heldout_denoising_loss")(table) - reported) <= 1e-5 * reported
+    if shuffled is None:  # one held-out caption: nothing to shuffle it with
+        assert np.isnan(denoising_loss(table, shuffled=True))
+    else:
+        assert abs(denoising_loss(table, shuffled=True) - shuffled) <= 1e-5 * shuffled

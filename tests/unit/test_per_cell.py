@@ -10,6 +10,8 @@ from components.evaluation.per_cell import (
     MIN_CELLS,
     PER_CELL_METRICS,
     cell_bootstrap,
+    denoising_loss,
+    denoising_rows,
     metric_statistic,
     paired_bootstrap,
     per_generation_table,
@@ -157,10 +159,45 @@ def test_metric_statistics_read_an_evaluation_table_with_its_real_rows():
     table = pd.concat([generated, real], ignore_index=True)
     expected = set_metrics(generated, reference=real)
     for name in PER_CELL_METRICS:
-        got, want = metric_statistic(name)(table), expected[name]
+        got, want = metric_statistic(name)(table), expected.get(name, np.nan)  # no denoising rows here
         assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(want), name
     with pytest.raises(ValueError, match="no per-cell form"):
-        metric_statistic("heldout_denoising_loss")
+        metric_statistic("heldout_denoising_loss_shuffled_captions")
     # a model against itself: zero difference, and real rows pair with real rows
     same = paired_bootstrap(table, table, metric_statistic("realism_w1_slope_deg"), n_boot=100)
     assert same.estimate == 0.0 and same.low == 0.0 and same.high == 0.0
+
+
+def test_denoising_rows_give_back_the_batch_loss_and_resample_by_cell():
+    import torch
+
+    from components.training.loss import masked_v_loss, per_sample_squared_error
+
+    generator = torch.Generator().manual_seed(0)
+    prediction, target = torch.randn(12, 8, 4, 4, generator=generator), torch.randn(12, 8, 4, 4, generator=generator)
+    mask = (torch.rand(12, 1, 4, 4, generator=generator) > 0.2).float()
+    error, weight = per_sample_squared_error(prediction, target, mask)
+    assert float(error.sum() / weight.sum()) == pytest.approx(float(masked_v_loss(prediction, target, mask).total),
+                                                              rel=1e-6)
+    # 4 samples repeated 3 times: the repeat becomes the seed, the sample the cell
+    ids = [f"s{i % 4}" for i in range(12)]
+    rows = denoising_rows(ids, error.numpy(), (2 * error).numpy(), weight.numpy())
+    assert list(rows["seed"]) == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2] and set(rows["source"]) == {"denoising"}
+    assert denoising_loss(rows) == pytest.approx(float(error.sum() / weight.sum()))
+    assert denoising_loss(rows, shuffled=True) == pytest.approx(2 * denoising_loss(rows))
+    assert metric_statistic("heldout_denoising_loss")(rows) == denoising_loss(rows)
+    assert np.isnan(denoising_loss(rows.iloc[:0])) and np.isnan(denoising_loss(pd.DataFrame({"cell": []})))
+    with pytest.raises(ValueError, match="weight has 3 entries for 12"):
+        denoising_rows(ids, error.numpy(), error.numpy(), weight.numpy()[:3])
+
+
+def test_a_model_that_denoises_worse_on_every_cell_has_an_interval_above_zero():
+    rng = np.random.default_rng(1)
+    ids = [f"cell{c}" for c in range(20)] * 2
+    weight = np.full(40, 64.0)
+    base = rng.gamma(4.0, 8.0, 40)
+    good = denoising_rows(ids, base, base, weight)
+    bad = denoising_rows(ids, base * 1.3 + rng.normal(0, 1.0, 40), base, weight)
+    interval = paired_bootstrap(bad, good, metric_statistic("heldout_denoising_loss"), n_boot=300)
+    assert interval.cells == 20 and interval.low > 0
+    assert interval.estimate == pytest.approx(denoising_loss(bad) - denoising_loss(good))
