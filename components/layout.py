@@ -84,6 +84,8 @@ PROMOTION_REPORT = REPORTS_DIR / "promotion.json"
 ABLATION_MD = REPORTS_DIR / "ablation.md"
 ABLATION_JSON = REPORTS_DIR / "ablation.json"
 ABLATION_GRID_DIR = REPORTS_DIR / "ablation"
+ABLATION_FOREST = REPORTS_DIR / "ablation" / "effects.png"  # the effects' intervals, one row each
+SEED_SPREAD = REPORTS_DIR / "seed_spread.json"  # seed-to-seed SD per metric from an ablation (the gate's margins)
 
 # ----------------------------------------------------------------------------- tracking and locks
 MLFLOW_DB = "mlruns.db"  # the embedded tracking store (when MLFLOW_TRACKING_URI is unset)

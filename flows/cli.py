@@ -54,11 +54,16 @@ def retrain(
                                                "last checkpoint); 0 stops at the first failure."),
     wait: float = typer.Option(0.0, min=0, help="Seconds to wait for a retrain already running in this "
                                                 "workspace to finish (default: refuse at once)."),
+    allow_unreproducible: bool = typer.Option(
+        False, "--allow-unreproducible",
+        help="Let the gate judge a model trained from uncommitted changes or with data not on the DVC remote "
+             "(recorded on the version)."),
 ) -> None:
     """The main job: every pipeline stage (DVC) as Prefect tasks on one Prefect API, then a summary."""
     from flows.main import run_main_job
 
-    run_main_job(_root(), profile=profile, stages=stage, force=force, stage_retries=retries, lock_wait_s=wait)
+    run_main_job(_root(), profile=profile, stages=stage, force=force, stage_retries=retries, lock_wait_s=wait,
+                 allow_unreproducible=allow_unreproducible)
 
 
 @app.command()
@@ -76,6 +81,9 @@ def demo(
 def promote(
     rollback: bool = typer.Option(False, "--rollback", help="Move champion back to the previous champion."),
     version: Optional[int] = typer.Option(None, help="Judge this version instead of the challenger alias."),
+    allow_unreproducible: bool = typer.Option(
+        False, "--allow-unreproducible",
+        help="Judge a challenger trained from uncommitted changes or with data not on the DVC remote (recorded)."),
 ) -> None:
     """Judge the challenger against the champion (gate: params registry.gate); move champion only if it passes."""
     from flows.prefect_api import owned_prefect_api
@@ -83,7 +91,8 @@ def promote(
 
     with owned_prefect_api():
         try:
-            outcome = promote_flow(project_dir=str(_root()), rollback=rollback, version=version)
+            outcome = promote_flow(project_dir=str(_root()), rollback=rollback, version=version,
+                                   allow_unreproducible=allow_unreproducible)
         except LookupError as err:  # no challenger, no champion, nothing to roll back to: say what to do
             raise SystemExit(str(err)) from None
     if rollback:

@@ -15,7 +15,7 @@ STAGE_STATES = {"ran": "ran", "skipped": "up to date, skipped", "restored": "res
 
 
 def run_main_job(root: Path, profile: str | None, stages: list[str] | None, force: bool,
-                 stage_retries: int = 1, lock_wait_s: float = 0.0) -> dict:
+                 stage_retries: int = 1, lock_wait_s: float = 0.0, allow_unreproducible: bool = False) -> dict:
     from components.locks import LockHeld, exclusive_lock
     from components.majortom.summary import format_summary, summarise_world
     from components.processes import Terminated
@@ -31,7 +31,8 @@ def run_main_job(root: Path, profile: str | None, stages: list[str] | None, forc
                     changed = apply_profile(profile, root)
                     print(f"profile {profile!r} applied to params.yaml ({len(changed)} values changed)")
                 print(f"Prefect API for this run: {api_url}")
-                outcome = retrain(project_dir=str(root), stages=stages, force=force, stage_retries=stage_retries)
+                outcome = retrain(project_dir=str(root), stages=stages, force=force, stage_retries=stage_retries,
+                                  allow_unreproducible=allow_unreproducible)
     except LockHeld as busy:
         raise SystemExit(f"The main job did not start: {busy}") from None
     except StageFailed as failure:

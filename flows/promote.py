@@ -42,11 +42,13 @@ def current_evaluation(project_dir: str | Path, model: str, label: str) -> dict[
 
 
 @task(name="promotion gate")
-def promote_challenger(project_dir: str, version: int | None = None) -> dict[str, Any]:
+def promote_challenger(project_dir: str, version: int | None = None, allow_unreproducible: bool = False
+                       ) -> dict[str, Any]:
     """Judge the challenger (or `version`) against the champion with the gate in params.
 
     Both are compared on the current held-out evaluation: a version evaluated otherwise is
-    evaluated again first (the evaluate stage's flow, as a subflow).
+    evaluated again first (the evaluate stage's flow, as a subflow). An unreproducible challenger
+    (uncommitted changes, data not pushed) is refused unless `allow_unreproducible` (recorded).
     """
     from components.tracking.promotion import judge_challenger
     from components.tracking.registry import PromotionGate
@@ -55,9 +57,11 @@ def promote_challenger(project_dir: str, version: int | None = None) -> dict[str
     root = Path(project_dir)
     settings = registry_settings(root)
     name, gate = settings["model_name"], PromotionGate.from_params(settings.get("gate"))
+    remote = (load_params(root).get("versioning") or {}).get("remote")
     outcome = judge_challenger(root, mlflow_client(root), name, gate,
                                lambda model, label: current_evaluation(root, model, label),
-                               version=version, lock_path=root / REGISTRY_LOCK)
+                               version=version, lock_path=root / REGISTRY_LOCK,
+                               allow_unreproducible=allow_unreproducible, remote=remote)
     verdict = "promoted: it is the champion" if outcome["promoted"] else "rejected: the champion stays"
     print(f"[promote] {name} version {outcome['version']} {verdict} "
           f"(champion now {outcome['champion']}); " + ("; ".join(outcome["reasons"]) or "all checks passed"))
@@ -78,12 +82,13 @@ def rollback_champion(project_dir: str) -> dict[str, Any]:
 
 
 @flow(name="promote", log_prints=True)
-def promote_flow(project_dir: str, rollback: bool = False, version: int | None = None) -> dict[str, Any]:
+def promote_flow(project_dir: str, rollback: bool = False, version: int | None = None,
+                 allow_unreproducible: bool = False) -> dict[str, Any]:
     """`mesa promote`: judge the challenger (or `version`) and move ``champion`` if it passes;
     with `rollback`, move ``champion`` back to the previous champion instead."""
     if rollback:
         return rollback_champion(project_dir)
-    return promote_challenger(project_dir, version)
+    return promote_challenger(project_dir, version, allow_unreproducible)
 
 
 def decision_summary(outcome: dict[str, Any] | None) -> str:

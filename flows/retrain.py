@@ -41,7 +41,7 @@ def push_data_versions(project_dir: str, remote: str | None = None) -> dict:
 
 @flow(name="retrain", log_prints=True)
 def retrain(project_dir: str, stages: list[str] | None = None, force: bool = False, stage_retries: int = 1,
-            lock_wait_s: float = 0.0) -> dict:
+            lock_wait_s: float = 0.0, allow_unreproducible: bool = False) -> dict:
     """Run the pipeline's stages in order, then version, register and judge what they made.
 
     After a full run (no `stages` subset): `dvc push` (params ``versioning``), then the trained
@@ -57,6 +57,8 @@ def retrain(project_dir: str, stages: list[str] | None = None, force: bool = Fal
             from its last checkpoint); 0 stops at the first failure.
         lock_wait_s (float, default 0): one retrain per workspace; when another holds it, wait up
             to this long for it to finish (0: refuse at once, naming the running one).
+        allow_unreproducible (bool, default False): let the gate judge a model trained from
+            uncommitted changes or with data not on the DVC remote (recorded on the version).
 
     Returns:
         ``{"stages": [{stage, ran, outcome, changed, seconds}], "pushed": {...} | None,
@@ -66,10 +68,11 @@ def retrain(project_dir: str, stages: list[str] | None = None, force: bool = Fal
     from components.locks import exclusive_lock
 
     with exclusive_lock(Path(project_dir) / RETRAIN_LOCK, purpose="a retrain", wait_s=lock_wait_s, reentrant=True):
-        return _retrain_locked(project_dir, stages, force, stage_retries)
+        return _retrain_locked(project_dir, stages, force, stage_retries, allow_unreproducible)
 
 
-def _retrain_locked(project_dir: str, stages: list[str] | None, force: bool, stage_retries: int) -> dict:
+def _retrain_locked(project_dir: str, stages: list[str] | None, force: bool, stage_retries: int,
+                    allow_unreproducible: bool) -> dict:
     from components.params import load_params
     from components.versioning.stages import dvc_stages
     from flows.promote import promote_challenger, register_trained_model, registry_settings
@@ -94,5 +97,5 @@ def _retrain_locked(project_dir: str, stages: list[str] | None, force: bool, sta
         outcome["registration"] = register_trained_model(project_dir)
     registration = outcome["registration"]
     if registration and registration["new"] and settings.get("promote", True):
-        outcome["promotion"] = promote_challenger(project_dir, registration["version"])
+        outcome["promotion"] = promote_challenger(project_dir, registration["version"], allow_unreproducible)
     return outcome

@@ -34,6 +34,11 @@ class GateConfig(ParamsModel):
         metrics: the metrics compared with the champion's (None: all).
         floors: absolute minimums of higher-is-better metrics.
         ceilings: absolute maximums of lower-is-better metrics.
+        margins: absolute non-inferiority margins per metric (components.evaluation.noninferiority);
+            a metric without one takes spread_multiple x its measured seed-to-seed SD, else
+            max_regression x the champion's value.
+        spread_multiple: the margin in seed-to-seed standard deviations (default 2).
+        confidence: the level of the paired interval (default 0.95).
     """
 
     GROUP = "registry.gate"
@@ -42,18 +47,29 @@ class GateConfig(ParamsModel):
     metrics: Optional[list[NonBlank]] = None
     floors: dict[str, float] = Field(default_factory=dict)
     ceilings: dict[str, float] = Field(default_factory=dict)
+    margins: dict[str, float] = Field(default_factory=dict)
+    spread_multiple: NonNegativeFloat = 2.0
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
 
-    @field_validator("floors", "ceilings", mode="before")
+    @field_validator("floors", "ceilings", "margins", mode="before")
     @classmethod
     def _null_is_none(cls, value):
         return {} if value is None else value
 
-    @field_validator("floors", "ceilings")
+    @field_validator("floors", "ceilings", "margins")
     @classmethod
     def _finite(cls, value):
         bad = {metric: limit for metric, limit in value.items() if limit != limit or abs(limit) == float("inf")}
         if bad:
             raise ValueError(f"limits must be finite numbers, got {bad}")
+        return value
+
+    @field_validator("margins")
+    @classmethod
+    def _non_negative(cls, value):
+        bad = {metric: margin for metric, margin in value.items() if margin < 0}
+        if bad:
+            raise ValueError(f"margins must be >= 0 (how much worse is still the same model), got {bad}")
         return value
 
 

@@ -65,7 +65,8 @@ def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping
         shadow: the image variant the model was trained on (params shadow.enabled), for the
             held-out denoising loss.
     Returns:
-        the metrics report (as written to metrics.json) plus ``grids``: {name: png path}.
+        the metrics report (as written to metrics.json) plus ``grids``: {name: png path} and
+        ``per_cell``: the path of metrics_per_cell.parquet.
     """
     reports = Path(reports_dir)
     pixel = float(stats["prepare"]["footprint_px"]) * 10.0 / float(stats["prepare"]["image_px"])
@@ -131,7 +132,7 @@ def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping
     progress(f"[evaluate] landform balanced accuracy {model['landform_balanced_accuracy']:.3f} (chance "
              f"{model['landform_chance']:.3f}, captions shuffled {shuffled['landform_balanced_accuracy']:.3f}) -> "
              f"{reports / METRICS_FILE}, {reports / EVAL_MD}")
-    return {**report, "grids": {k: str(v) for k, v in paths.items()}}
+    return {**report, "grids": {k: str(v) for k, v in paths.items()}, "per_cell": str(reports / METRICS_PER_CELL_FILE)}
 
 
 def per_generation_tables(generated, held_out, training, pixel: float,

@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +84,15 @@ def git_state(project_dir: str | Path) -> tuple[str, str]:
     Returns:
         tuple[str, str]: (commit sha or "unknown", "true" / "false" / "unknown"). Untracked files
         do not count as dirty: stage outputs that are not git-ignored would otherwise mark every
-        run dirty and hide the changes that matter (edited code or params).
+        run dirty and hide the changes that matter (edited code or params). Neither does
+        dvc.lock: the pipeline itself rewrites it as stages run, and the data versions it names
+        are recorded on their own (``mesa.dvc.*``).
     """
     commit = _git(Path(project_dir), "rev-parse", "HEAD")
     if not commit:
         return UNKNOWN, UNKNOWN
-    status = _git(Path(project_dir), "status", "--porcelain", "--untracked-files=no")
+    status = _git(Path(project_dir), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                  f":(exclude){DVC_LOCK}")
     if status is None:
         return commit, UNKNOWN
     return commit, "true" if status else "false"
@@ -227,3 +230,44 @@ def _git_diff(project: Path) -> str | None:
     if done.returncode != 0 or len(done.stdout) > DIFF_LIMIT_BYTES:
         return None
     return done.stdout.decode("utf-8", errors="surrogateescape")
+
+
+# ----------------------------------------------------------------------------- reproducibility
+def reproducibility_problems(run_tags: Mapping[str, str], workspace_hashes: Mapping[str, str],
+                             unpushed: Sequence[str] | None, inputs: Sequence[str]) -> list[str]:
+    """Why a training run could not be reproduced from git and the DVC remote ([] when it can).
+
+    Args:
+        run_tags (Mapping[str, str]): the run's tags (``lineage_tags``: commit, dirty flag, DVC outs
+            as dvc.lock held them when training started).
+        workspace_hashes (Mapping[str, str]): ``dvc_out_hashes`` of the workspace's dvc.lock.
+        inputs (Sequence[str]): the DVC outputs training reads (the train stage's deps): the ones
+            whose versions must match the workspace's for its remote check to apply (the run's
+            own outputs were older when it started).
+        unpushed (Sequence[str] | None): the workspace's outputs the DVC remote lacks; None when
+            the remote could not be asked.
+
+    Returns:
+        list[str]: one sentence per problem, each saying what to do.
+    """
+    problems = []
+    commit, dirty = run_tags.get("mesa.git_commit"), run_tags.get("mesa.git_dirty")
+    if not commit or commit == UNKNOWN:
+        problems.append("no git commit is recorded for its training run: train inside a git checkout")
+    elif dirty != "false":
+        problems.append(f"it was trained from a tree with uncommitted changes (mesa.git_dirty={dirty}, commit "
+                        f"{commit[:7]}): commit the change and retrain")
+    outs = {key[len("mesa.dvc."):]: value for key, value in run_tags.items()
+            if key.startswith("mesa.dvc.") and key[len("mesa.dvc."):] in inputs}
+    if not outs:
+        problems.append("no DVC output hashes are recorded for its training run: run it through `mesa retrain`")
+    elif any(workspace_hashes.get(path) != digest for path, digest in outs.items()):
+        problems.append("its data versions are not this workspace's dvc.lock, so the remote cannot be checked: "
+                        f"check out commit {str(commit)[:7]} (and `dvc pull`) before judging it")
+    elif unpushed is None:
+        problems.append("the DVC remote could not be asked whether its data is there: configure a remote "
+                        "(.dvc/config) or params versioning.remote")
+    elif unpushed:
+        shown = ", ".join(unpushed[:3]) + (f" and {len(unpushed) - 3} more" if len(unpushed) > 3 else "")
+        problems.append(f"its data is not on the DVC remote ({shown}): run `dvc push`")
+    return problems

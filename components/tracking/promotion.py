@@ -5,6 +5,14 @@ Every decision is made with the gate in params.yaml ``registry.gate``
 evaluation: a version whose evaluation fingerprint differs from the current one (the held-out set,
 the evaluate settings or the metric code changed) is evaluated again first, by the `evaluate`
 callback the caller passes (flows/promote.py runs the evaluate stage's flow).
+
+Gated metrics with a per-cell form are compared pair by pair on both versions' per-cell tables
+(``evaluation/metrics_per_cell.parquet`` on the training run, or ``evaluations/<fingerprint>/`` for
+a version evaluated again): the challenger passes when the worse end of the paired interval is
+within the metric's margin (:mod:`components.evaluation.noninferiority`; margins from params, the
+seed spread an ablation measured in ``reports/seed_spread.json``, or the documented default).
+The challenger's lineage must be reproducible (committed tree, data on the DVC remote) unless the
+caller allows otherwise, which is recorded.
 """
 from __future__ import annotations
 
@@ -13,10 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from components.layout import METRICS_REPORT, PIPELINE_DIR, PROMOTION_REPORT, RUN_RECORD
+from components.layout import DVC_LOCK, METRICS_REPORT, PIPELINE_DIR, PROMOTION_REPORT, RUN_RECORD, SEED_SPREAD
 
 # (model URI, label) -> the evaluate stage's report of that model on the current held-out set
 Evaluate = Callable[[str, str], dict[str, Any]]
+PER_CELL_ARTIFACT = "evaluation/metrics_per_cell.parquet"  # logged by the evaluate stage
+EVALUATIONS_ARTIFACT = "evaluations"  # evaluations/<fingerprint>/ for a version evaluated again
+UNREPRODUCIBLE_TAG = "promotion.unreproducible_allowed"
+N_BOOT = 1000
 
 
 def model_exists(client: Any, name: str) -> bool:
@@ -127,17 +139,100 @@ def refresh_if_stale(client: Any, name: str, version: Any, fingerprint: str | No
         "metric code: evaluating it again")
     report = evaluate(f"models:/{name}/{version.version}", f"{name}-v{version.version}")
     registry.retag_evaluation(client, name, version.version, report)
+    if report.get("per_cell") and Path(report["per_cell"]).exists() and version.run_id:
+        client.log_artifact(version.run_id, report["per_cell"],
+                            f"{EVALUATIONS_ARTIFACT}/{report.get('evaluation_fingerprint')}")
     return report.get("evaluation_fingerprint")
+
+
+def per_cell_table(client: Any, run_id: str | None, fingerprint: str | None):
+    """The per-cell table of a version's evaluation with `fingerprint` (its training run's artifacts), or None.
+
+    Args:
+        client (mlflow.MlflowClient): a client on the project's store.
+        run_id (str | None): the version's training run.
+        fingerprint (str | None): the evaluation wanted.
+    """
+    import tempfile
+
+    import mlflow.artifacts
+    import pandas as pd
+
+    if not run_id or not fingerprint:
+        return None
+    listed = lambda folder: {f.path for f in client.list_artifacts(run_id, folder)}  # noqa: E731
+    with tempfile.TemporaryDirectory() as folder:
+        def fetch(path: str):
+            return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=folder,
+                                                       tracking_uri=client.tracking_uri)
+        again = f"{EVALUATIONS_ARTIFACT}/{fingerprint}/metrics_per_cell.parquet"
+        if again in listed(f"{EVALUATIONS_ARTIFACT}/{fingerprint}"):
+            return pd.read_parquet(fetch(again))
+        if PER_CELL_ARTIFACT in listed("evaluation") and "evaluation/metrics.json" in listed("evaluation"):
+            if json.loads(Path(fetch("evaluation/metrics.json")).read_text()).get("evaluation_fingerprint") == fingerprint:
+                return pd.read_parquet(fetch(PER_CELL_ARTIFACT))
+    return None
+
+
+def seed_spread(project_dir: str | Path) -> dict[str, Any] | None:
+    """reports/seed_spread.json (an ablation's measured seed-to-seed spread), or None."""
+    path = Path(project_dir) / SEED_SPREAD
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def paired_checks(gate: Any, challenger, champion, champion_metrics: dict[str, dict],
+                  spread: dict[str, Any] | None) -> dict[str, Any]:
+    """The non-inferiority check of every gated metric with a per-cell form (pure but for the bootstrap).
+
+    Args:
+        gate (PromotionGate): margins, spread_multiple, max_regression, confidence, metrics.
+        challenger, champion (pandas.DataFrame): both versions' per-cell tables (same evaluation).
+        champion_metrics (dict): the champion's ``metrics_from_tags`` (directions, default margins).
+        spread (dict | None): from :func:`seed_spread`.
+    """
+    from components.evaluation import noninferiority, per_cell
+
+    checks = {}
+    for name in gate.metrics if gate.metrics is not None else sorted(champion_metrics):
+        entry = champion_metrics.get(name) or {}
+        if name not in per_cell.PER_CELL_METRICS or not entry.get("direction"):
+            continue
+        difference = per_cell.paired_bootstrap(challenger, champion, per_cell.metric_statistic(name), n_boot=N_BOOT,
+                                               level=gate.confidence)
+        margin = noninferiority.margin_for(name, gate.margins, spread, gate.spread_multiple, gate.max_regression,
+                                           entry.get("value"))
+        checks[name] = noninferiority.check(name, entry["direction"], difference, margin)
+    return checks
+
+
+def lineage_blockers(project_dir: str | Path, run_tags: dict[str, str], remote: str | None) -> list[str]:
+    """Why the training run behind a version cannot be reproduced from git and the DVC remote ([] if it can)."""
+    from components.tracking.lineage import dvc_out_hashes, reproducibility_problems
+    from components.versioning.stages import stage_inputs, unpushed_outputs
+
+    root = Path(project_dir)
+    workspace = dvc_out_hashes(root / DVC_LOCK)
+    try:
+        unpushed: list[str] | None = unpushed_outputs(root, remote)
+    except RuntimeError:
+        unpushed = None
+    return [f"unreproducible: {problem}"
+            for problem in reproducibility_problems(run_tags, workspace, unpushed, stage_inputs(root, "train", workspace))]
 
 
 def judge_challenger(project_dir: str | Path, client: Any, name: str, gate: Any, evaluate: Evaluate, *,
                      version: int | None = None, lock_path: str | Path | None = None,
+                     allow_unreproducible: bool = False, remote: str | None = None,
                      say: Callable[[str], None] = print) -> dict[str, Any]:
     """Judge the challenger (or `version`) against the champion with `gate`; move ``champion`` if it passes.
 
     Both are compared on the current held-out evaluation (reports/metrics.json's fingerprint): a
-    version evaluated otherwise is evaluated again first. The decision and the compared numbers
-    are tags on the version (the registry records them) and on the challenger's training run.
+    version evaluated otherwise is evaluated again first; metrics with a per-cell form are compared
+    pair by pair with an interval (:func:`paired_checks`). A challenger whose training run cannot
+    be reproduced (uncommitted changes, data not on the DVC remote) is refused unless
+    `allow_unreproducible`, which is then recorded (tag ``promotion.unreproducible_allowed``).
+    The decision and the compared numbers are tags on the version (the registry records them) and
+    on the challenger's training run.
 
     Args:
         project_dir (str | Path): the project.
@@ -147,10 +242,12 @@ def judge_challenger(project_dir: str | Path, client: Any, name: str, gate: Any,
         evaluate (Callable[[str, str], dict]): (model URI, label) -> its evaluation report.
         version (int | None, default None): judge this version instead of the challenger alias.
         lock_path (str | Path | None, default None): the file that serialises registry changes.
+        allow_unreproducible (bool, default False): judge an unreproducible challenger anyway.
+        remote (str | None, default None): the DVC remote to check (None: the default one).
         say (Callable[[str], None], default print): progress lines.
 
     Returns:
-        ``{"model", "version", "promoted", "champion", "reasons", "compared"}``.
+        ``{"model", "version", "promoted", "champion", "reasons", "compared", "unreproducible"}``.
 
     Raises:
         LookupError: there is no challenger (and no `version`).
@@ -167,11 +264,28 @@ def judge_challenger(project_dir: str | Path, client: Any, name: str, gate: Any,
     current = refresh_if_stale(client, name, challenger, current_fingerprint(root), evaluate, say)
     champion = registry.get_alias_version(client, name, registry.CHAMPION)
     refresh_if_stale(client, name, champion, current, evaluate, say)
-    decision = registry.promote(client, name, gate, challenger.version, lock_path=lock_path)
+    problems = lineage_blockers(root, client.get_run(challenger.run_id).data.tags, remote) if challenger.run_id else [
+        "unreproducible: the version names no training run"]
+    if problems and allow_unreproducible:
+        client.set_model_version_tag(name, challenger.version, UNREPRODUCIBLE_TAG,
+                                     registry.truncate_tag("; ".join(problems)))
+        say(f"[promote] judged although unreproducible (allowed): {'; '.join(problems)}")
+    spread = seed_spread(root)
+
+    def compare(judged, held):
+        tables = [per_cell_table(client, v.run_id, current) for v in (judged, held)]
+        if any(t is None for t in tables):
+            say("[promote] no per-cell evaluation for both versions: the relative check on their values decides")
+            return {}
+        return paired_checks(gate, *tables, registry.metrics_from_tags(held.tags or {}), spread)
+
+    decision = registry.promote(client, name, gate, challenger.version, lock_path=lock_path, compare=compare,
+                                blockers=[] if allow_unreproducible else problems)
     champion = registry.get_alias_version(client, name, registry.CHAMPION)
     outcome = {"model": name, "version": int(challenger.version), "promoted": decision.promote,
                "champion": None if champion is None else int(champion.version), "reasons": decision.reasons,
-               "compared": decision.compared}
+               "compared": decision.compared, "unreproducible": problems,
+               "unreproducible_allowed": bool(problems) and allow_unreproducible}
     record_on_run(root, challenger.run_id, outcome)
     return outcome
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -348,18 +348,26 @@ class PromotionGate:
         ceilings (Mapping[str, float], default {}): absolute maximums for lower-is-better metrics.
         metrics (tuple[str, ...] | None, default None): the metrics compared with the champion's
             (None: all); floors and ceilings apply whatever this lists.
+        margins (Mapping[str, float], default {}): absolute non-inferiority margins (see
+            components.evaluation.noninferiority); used when both versions have per-cell tables.
+        spread_multiple (float, default 2.0): margin = this x the measured seed-to-seed SD.
+        confidence (float, default 0.95): the paired interval's level.
     """
 
     max_regression: float = 0.0
     floors: Mapping[str, float] = field(default_factory=dict)
     ceilings: Mapping[str, float] = field(default_factory=dict)
     metrics: tuple[str, ...] | None = None
+    margins: Mapping[str, float] = field(default_factory=dict)
+    spread_multiple: float = 2.0
+    confidence: float = 0.95
 
     @classmethod
     def from_config(cls, config: GateConfig) -> PromotionGate:
         """The gate params.yaml ``registry.gate`` describes (checked by ``GateConfig``)."""
         return cls(max_regression=config.max_regression, floors=dict(config.floors), ceilings=dict(config.ceilings),
-                   metrics=None if config.metrics is None else tuple(config.metrics))
+                   metrics=None if config.metrics is None else tuple(config.metrics), margins=dict(config.margins),
+                   spread_multiple=config.spread_multiple, confidence=config.confidence)
 
     @classmethod
     def from_params(cls, mapping: Mapping[str, Any] | None) -> PromotionGate:
@@ -395,12 +403,13 @@ class Decision:
 
 
 def decide(gate: PromotionGate, challenger_metrics: Mapping[str, dict],
-           champion_metrics: Mapping[str, dict] | None) -> Decision:
+           champion_metrics: Mapping[str, dict] | None, checks: Mapping[str, Any] | None = None) -> Decision:
     """Judge a challenger's metrics against the gate and the champion's (pure function).
 
     Every challenger metric with a value is checked against its floor or ceiling; when there is a
-    champion, the metrics `gate.metrics` names (all when None) also against the champion's value
-    with `gate.max_regression`. Without a champion
+    champion, the metrics `gate.metrics` names (all when None) also against the champion's: by
+    their paired non-inferiority check when `checks` has one (the interval's worse end within the
+    margin), else by the relative `gate.max_regression` on the two values. Without a champion
     (the first model) only floors and ceilings apply. A metric whose value is None (or whose
     champion value is None) is skipped with a note in `reasons`; so is a floor or ceiling for a
     metric the challenger does not have.
@@ -411,6 +420,8 @@ def decide(gate: PromotionGate, challenger_metrics: Mapping[str, dict],
             report's ``metrics`` or `metrics_from_tags` of a version).
         champion_metrics (Mapping[str, dict] | None): the same for the champion; None when there
             is no champion.
+        checks (Mapping[str, noninferiority.Check] | None, default None): per metric, the paired
+            comparison of both versions' per-cell evaluations.
 
     Returns:
         Decision: promote is True when no check failed.
@@ -428,8 +439,15 @@ def decide(gate: PromotionGate, challenger_metrics: Mapping[str, dict],
             continue
         failures.extend(_limit_failures(gate, name, value))
         gated = gate.metrics is None or name in gate.metrics
-        compared[name] = _compare_with_champion(gate, name, direction, value,
-                                                champion_metrics if gated else None, failures, notes)
+        paired = (checks or {}).get(name) if gated and champion_metrics is not None else None
+        if paired is None:
+            compared[name] = _compare_with_champion(gate, name, direction, value,
+                                                    champion_metrics if gated else None, failures, notes)
+            continue
+        # worse_by here is absolute (in the metric's units), with its interval and margin
+        compared[name] = {"challenger": value, "champion": _value_of(name, champion_metrics.get(name) or {}),
+                          **paired.to_dict()}
+        (notes if paired.passed else failures).append(("passed: " if paired.passed else "") + paired.reason())
     for name in sorted((set(gate.floors) | set(gate.ceilings) | set(gate.metrics or ())) - set(challenger_metrics)):
         notes.append(f"skipped {name}: the gate names it but the challenger has no such metric")
     return Decision(promote=not failures, reasons=failures + notes, compared=compared)
@@ -491,7 +509,9 @@ def relative_worsening(direction: str, challenger: float, champion: float) -> fl
 
 # ----------------------------------------------------------------------------- promotion
 def promote(client: Any, name: str, gate: PromotionGate, challenger_version: int | str | None = None,
-            *, lock_path: str | Path | None = None) -> Decision:
+            *, lock_path: str | Path | None = None,
+            compare: Callable[[Any, Any], Mapping[str, Any]] | None = None,
+            blockers: Sequence[str] = ()) -> Decision:
     """Judge the challenger against the champion and, when it passes, make it the champion.
 
     The decision is recorded as tags on the challenger version (see the module docstring). When
@@ -508,6 +528,12 @@ def promote(client: Any, name: str, gate: PromotionGate, challenger_version: int
         lock_path (str | Path | None, default None): serialises read-decide-move with other
             promotions and rollbacks using the same file (see the module docstring); None takes
             no lock.
+        compare (Callable | None, default None): (challenger version, champion version) -> per
+            metric ``noninferiority.Check`` from their per-cell evaluations, called under the lock
+            with the champion current at that moment; None (or an empty answer) keeps the
+            relative check on the tagged values.
+        blockers (Sequence[str], default ()): reasons the challenger may not be promoted whatever
+            its metrics (e.g. lineage that cannot be reproduced); each becomes a failure.
 
     Returns:
         Decision: what was decided and why.
@@ -521,8 +547,11 @@ def promote(client: Any, name: str, gate: PromotionGate, challenger_version: int
         if champion is not None and champion.version == challenger.version:
             return Decision(promote=True, reasons=[f"version {challenger.version} of {name!r} already is "
                                                    f"the champion: nothing changed"])
+        checks = compare(challenger, champion) if compare is not None and champion is not None else None
         decision = decide(gate, metrics_from_tags(challenger.tags or {}),
-                          None if champion is None else metrics_from_tags(champion.tags or {}))
+                          None if champion is None else metrics_from_tags(champion.tags or {}), checks)
+        if blockers:
+            decision = Decision(promote=False, reasons=[*blockers, *decision.reasons], compared=decision.compared)
         _record_decision(client, name, challenger.version, decision, champion)
         if decision.promote:
             _crown(client, name, challenger.version, champion)
@@ -544,7 +573,7 @@ def _record_decision(client: Any, name: str, version: int | str, decision: Decis
     """Write the promotion.* tags on the judged version."""
     tags = {
         DECISION_TAG: "promoted" if decision.promote else "rejected",
-        REASONS_TAG: _truncate("; ".join(decision.reasons) or "all checks passed"),
+        REASONS_TAG: truncate_tag("; ".join(decision.reasons) or "all checks passed"),
         COMPARED_WITH_TAG: "none" if champion is None else str(champion.version),
         DECIDED_AT_TAG: _utc_now(),
     }
@@ -604,5 +633,6 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _truncate(value: str, limit: int = TAG_VALUE_MAX) -> str:
+def truncate_tag(value: str, limit: int = TAG_VALUE_MAX) -> str:
+    """`value` cut to fit a model version tag (MLflow's limit), ending in "..." when cut."""
     return value if len(value) <= limit else value[: limit - 3] + "..."

@@ -156,6 +156,38 @@ def push_data(project_dir: str | Path, remote: str | None = None, env: Mapping[s
                            f"the run's data stays in the local cache. Output:\n{done.stdout}{done.stderr}")
 
 
+def stage_inputs(project_dir: str | Path, stage: str, outputs: Mapping[str, str]) -> list[str]:
+    """The DVC outputs (keys of `outputs`, e.g. ``dvc_out_hashes``) that `stage` reads: its deps that
+    are outputs, or lie inside one (data/captions/captions.parquet -> data/captions)."""
+    spec = yaml.safe_load((Path(project_dir) / DVC_FILE).read_text()) or {}
+    deps = [str(d).rstrip("/") for d in ((spec.get("stages") or {}).get(stage) or {}).get("deps") or []]
+    return sorted({out for out in outputs for dep in deps if dep == out or dep.startswith(out + "/")})
+
+
+def unpushed_outputs(project_dir: str | Path, remote: str | None = None) -> list[str]:
+    """The workspace's DVC outputs the remote lacks (``dvc status --cloud``; [] when all are pushed).
+
+    Args:
+        project_dir (str | Path): the project.
+        remote (str | None, default None): a remote name of .dvc/config; None: the default remote.
+
+    Raises:
+        RuntimeError: no remote is configured or it cannot be read (DVC's message is in ours).
+    """
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(Path(project_dir).resolve())) as repo:
+            found = repo.status(cloud=True, remote=remote)
+    except DvcException as err:
+        raise RuntimeError(f"cannot compare {project_dir}'s outputs with the DVC remote "
+                           f"{remote or '(default)'}: {err}") from err
+    missing = sorted(path.rstrip("/") for path, state in found.items() if state != "deleted")
+    # DVC lists a directory and the files in it: name the directory once
+    return [path for path in missing if not any(path.startswith(other + "/") for other in missing)]
+
+
 def data_version(project_dir: str | Path, raw_dir: str = SYNTH_OUT.as_posix()) -> str:
     """The data a run used, as dvc.lock records it: short hashes of the raw data and the samples.
 
