@@ -1,7 +1,8 @@
-"""The `ablation` flow: shadow correction x caption dropout as DVC experiments, compared in MLflow.
+"""The `ablation` flow: shadow correction x caption dropout x training seeds as DVC experiments, compared in MLflow.
 
 Every variant of the matrix in params.yaml ``ablation`` (shadow.enabled x
-captions.augmentation.caption_dropout) is one ``dvc exp run --temp -n VARIANT -S KEY=VALUE ...``:
+captions.augmentation.caption_dropout x train.seed from ``ablation.seeds``) is one
+``dvc exp run --temp -n VARIANT -S KEY=VALUE ...``, up to ``ablation.parallel`` at once:
 DVC writes the overrides into the params.yaml of a temporary copy of the repository, runs the
 pipeline there (stages whose inputs did not change come back from its run cache; train and
 evaluate run) and records the experiment under the current commit. Each variant is a Prefect task
@@ -18,9 +19,12 @@ every variant. The steps: :mod:`components.evaluation.ablation_run`; the matrix 
 """
 from __future__ import annotations
 
+import os
+import queue
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
 from prefect.runtime import task_run
 
 from components.evaluation import ablation_run
@@ -28,17 +32,32 @@ from components.evaluation.ablation import Variant, shadow_grid_models
 from components.layout import ABLATION_JSON, ABLATION_MD
 
 
-@task(task_run_name="variant {variant.name}")
+@task(task_run_name="variant {variant.name}", cache_policy=NONE)
 def run_variant(variant: Variant, project_dir: str, experiment: str, parent_run_id: str, uri: str,
-                baseline: str) -> dict[str, Any]:
-    """`dvc exp run --temp -n VARIANT -S KEY=VALUE ...`, streaming its output to the Prefect log."""
+                baseline: str, slots: queue.Queue, threads: int, gpus: int) -> dict[str, Any]:
+    """`dvc exp run --temp -n VARIANT -S KEY=VALUE ...` once a job slot is free (ablation.parallel),
+    with its thread count pinned and, on a GPU machine, one GPU of its own; output to the Prefect log."""
     from flows.prefect_api import current_api_url, stage_process_env
 
     logger = get_run_logger()
-    env = ablation_run.variant_env(stage_process_env(current_api_url(), task_run.id), uri, parent_run_id,
-                                   variant, baseline)
-    return ablation_run.run_variant_experiment(project_dir, variant, experiment, env,
-                                               on_line=lambda line: logger.info("[%s] %s", variant.name, line))
+    slot = slots.get()
+    try:
+        env = ablation_run.pin_job(ablation_run.variant_env(stage_process_env(current_api_url(), task_run.id), uri,
+                                                            parent_run_id, variant, baseline),
+                                   threads, slot % gpus if gpus else None)
+        logger.info("[%s] job slot %d, %d threads%s", variant.name, slot, threads,
+                    f", GPU {slot % gpus}" if gpus else "")
+        return ablation_run.run_variant_experiment(project_dir, variant, experiment, env,
+                                                   on_line=lambda line: logger.info("[%s] %s", variant.name, line))
+    finally:
+        slots.put(slot)
+
+
+def _visible_gpus() -> int:
+    """CUDA devices this process sees (0 on CPU machines)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 @flow(name="ablation", log_prints=True)
@@ -59,9 +78,18 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
     print(f"[ablation] {len(run.variants)} variants at commit {commit[:7]}; MLflow parent run {run.parent_id} "
           f"(experiment {run.experiment!r}, {run.uri})")
     try:
-        # 2. Each variant as a DVC experiment, unless DVC and MLflow already hold it.
+        # 2. Each variant x seed as a DVC experiment, unless DVC and MLflow already hold it; up to
+        #    ablation.parallel at once (DVC runs each --temp experiment in its own copy).
         known = ablation_run.dvc_experiments(root, commit)
-        outcomes = {}
+        parallel = int(run.settings.get("parallel") or 1)
+        threads = ablation_run.threads_per_job(run.settings, os.cpu_count() or 1)
+        gpus = _visible_gpus()
+        slots: queue.Queue = queue.Queue()
+        for slot in range(parallel):
+            slots.put(slot)
+        print(f"[ablation] up to {parallel} job(s) at once, {threads} CPU thread(s) each"
+              + (f", {gpus} GPU(s)" if gpus else ""))
+        outcomes, futures = {}, {}
         for variant in run.variants:
             have = known.get(variant.name)
             why, held = ablation_run.reuse_check(run, variant, have)
@@ -73,7 +101,9 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
             if have:
                 print(f"[ablation] {variant.name}: replacing the DVC experiment of the same name ({why})")
                 ablation_run.remove_dvc_experiment(root, variant.name)
-            outcomes[variant.name] = run_variant(variant, str(root), run.experiment, run.parent_id, run.uri, commit)
+            futures[variant.name] = run_variant.submit(variant, str(root), run.experiment, run.parent_id, run.uri,
+                                                       commit, slots, threads, gpus)
+        outcomes.update({name: future.result() for name, future in futures.items()})
 
         # 3. Collect every variant's evaluation and validation loss from its training run.
         entries = ablation_run.collect_entries(run, outcomes, say=print)

@@ -61,6 +61,16 @@ def set_params(project: Path, **values) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def commit_project(project: Path, message: str = "params") -> None:
+    """Commit every change in a test project (the promotion gate refuses models trained from
+    uncommitted changes, as a team's would)."""
+    import subprocess
+
+    for command in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message,
+                                            "--allow-empty"]):
+        subprocess.run(command, cwd=project, check=True, capture_output=True, text=True)
+
+
 def micro_synth_params(**overrides):
     """The project's synth params with the micro profile applied (what tests lean on)."""
     from components.majortom.synthetic.world import SynthParams

@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, StrictBool, field_validator
 
-from components.config.base import Count, NonBlank, NonNegativeFloat, ParamsModel, shadowing
+from components.config.base import Count, NonBlank, NonNegativeFloat, NonNegativeInt, ParamsModel, shadowing
 
 
 class RunnerConfig(ParamsModel):
@@ -120,10 +120,27 @@ class DeployConfig(ParamsModel):
 
 
 class AblationConfig(ParamsModel):
-    """params.yaml ``ablation``: shadow correction x caption dropout, each a non-empty list of true/false."""
+    """params.yaml ``ablation``: shadow correction x caption dropout, each a non-empty list of true/false.
+
+    Attributes:
+        seeds: training seeds per variant (``train.seed``); two or more give intervals.
+        parallel: variant x seed jobs run at once (one per GPU where there are GPUs).
+        threads_per_job: CPU threads each job's processes use (None: the machine's cores / parallel);
+            the same number gives the same results whether the jobs run in parallel or one by one.
+    """
 
     GROUP = "ablation"
 
     shadow: list[StrictBool] = Field(min_length=1)
     caption_dropout: list[StrictBool] = Field(min_length=1)
+    seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0], min_length=1)
+    parallel: Count = 1
+    threads_per_job: Optional[Count] = None
     experiment: Optional[str] = "mesa-ablation"
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, value):
+        if len(set(value)) != len(value):
+            raise ValueError(f"training seeds must differ (a repeated seed trains the same model twice), got {value}")
+        return value

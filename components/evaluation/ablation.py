@@ -1,8 +1,8 @@
 """The ablation matrix and its comparison table: pure functions (no DVC, MLflow or Prefect calls).
 
-The matrix is params.yaml ``ablation`` (shadow.enabled x captions.augmentation.caption_dropout);
-each :class:`Variant` says which params it sets, how DVC receives them (``dvc exp run -S``) and
-how its MLflow run is tagged. :func:`comparison_rows` and :func:`markdown_table` turn the variants'
+The matrix is params.yaml ``ablation`` (shadow.enabled x captions.augmentation.caption_dropout x
+the training seeds ``ablation.seeds``); each :class:`Variant` (one arm trained with one seed) says
+which params it sets, how DVC receives them (``dvc exp run -S``) and how its MLflow run is tagged. :func:`comparison_rows` and :func:`markdown_table` turn the variants'
 evaluations into reports/ablation.md; :func:`experiments_of` and :func:`rerun_reason` read what
 DVC and MLflow already hold so that a rerun skips finished variants.
 :mod:`components.evaluation.ablation_run` does the DVC and MLflow calls around them;
@@ -22,6 +22,7 @@ from components.layout import PARAMS_FILE
 
 SHADOW_KEY = "shadow.enabled"
 DROPOUT_KEY = "captions.augmentation.caption_dropout"
+SEED_KEY = "train.seed"
 EXPERIMENT_KEY = "train.experiment"
 VALIDATION_COLUMN = "validation_loss"
 REFERENCE_LABEL = "real reference"
@@ -31,30 +32,43 @@ DIRECTIONS = ("higher_is_better", "lower_is_better")
 # ----------------------------------------------------------------------------- the matrix
 @dataclass(frozen=True)
 class Variant:
-    """One cell of the matrix.
+    """One job of the matrix: an arm (a shadow x caption-dropout setting) trained with one seed.
 
     Attributes:
         shadow (bool): train on the shadow-corrected image (params ``shadow.enabled``).
         caption_dropout (bool): drop caption descriptors as in the paper
             (``captions.augmentation.caption_dropout``).
+        seed (int): the training seed (``train.seed``).
     """
 
     shadow: bool
     caption_dropout: bool
+    seed: int = 0
+
+    @property
+    def arm(self) -> str:
+        """The arm it replicates, e.g. ``shadow-on_dropout-off`` (MLflow tag ``mesa.arm``)."""
+        return f"shadow-{on_off(self.shadow)}_dropout-{on_off(self.caption_dropout)}"
 
     @property
     def name(self) -> str:
-        """The DVC experiment name and MLflow ``mesa.variant`` tag, e.g. ``shadow-on_dropout-off``."""
-        return f"shadow-{on_off(self.shadow)}_dropout-{on_off(self.caption_dropout)}"
+        """The DVC experiment name and MLflow ``mesa.variant`` tag, e.g. ``shadow-on_dropout-off_seed-1``."""
+        return f"{self.arm}_seed-{self.seed}"
+
+    @property
+    def levels(self) -> dict[str, bool]:
+        """The arm's factor levels by factor name."""
+        return {"shadow": self.shadow, "caption_dropout": self.caption_dropout}
 
     def overrides(self, experiment: str) -> dict[str, Any]:
         """The params this variant sets (dotted keys); training logs into the ablation's MLflow experiment."""
-        return {SHADOW_KEY: self.shadow, DROPOUT_KEY: self.caption_dropout, EXPERIMENT_KEY: experiment}
+        return {SHADOW_KEY: self.shadow, DROPOUT_KEY: self.caption_dropout, SEED_KEY: self.seed,
+                EXPERIMENT_KEY: experiment}
 
     def tags(self) -> dict[str, str]:
         """MLflow tags of its training run."""
-        return {"mesa.variant": self.name, "mesa.shadow": on_off(self.shadow),
-                "mesa.caption_dropout": on_off(self.caption_dropout)}
+        return {"mesa.variant": self.name, "mesa.arm": self.arm, "mesa.seed": str(self.seed),
+                "mesa.shadow": on_off(self.shadow), "mesa.caption_dropout": on_off(self.caption_dropout)}
 
 
 def on_off(value: bool) -> str:
@@ -62,13 +76,15 @@ def on_off(value: bool) -> str:
 
 
 def matrix(settings: dict[str, Any]) -> list[Variant]:
-    """Every (shadow, caption_dropout) pair of params.yaml ``ablation``, shadow-major.
+    """Every (shadow, caption_dropout, seed) of params.yaml ``ablation``: arms shadow-major, seeds within an arm.
 
     Args:
-        settings (dict): the ``ablation`` group: ``shadow`` and ``caption_dropout`` (lists of booleans).
+        settings (dict): the ``ablation`` group: ``shadow`` and ``caption_dropout`` (lists of
+            booleans) and ``seeds`` (training seeds; default [0]).
 
     Raises:
-        ValueError: when a factor is missing, empty, or holds something other than true / false.
+        ValueError: when a factor is missing, empty, or holds something other than true / false, or
+            the seeds are not distinct non-negative integers.
     """
     factors = {}
     for key in ("shadow", "caption_dropout"):
@@ -76,7 +92,12 @@ def matrix(settings: dict[str, Any]) -> list[Variant]:
         if not isinstance(values, list) or not values or not all(isinstance(v, bool) for v in values):
             raise ValueError(f"params.yaml ablation.{key} must be a non-empty list of true/false, got {values!r}")
         factors[key] = list(dict.fromkeys(values))
-    return [Variant(s, d) for s, d in itertools.product(factors["shadow"], factors["caption_dropout"])]
+    seeds = settings.get("seeds", [0])
+    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise ValueError(f"params.yaml ablation.seeds must be a non-empty list of distinct integers >= 0, got {seeds!r}")
+    return [Variant(s, d, seed) for s, d in itertools.product(factors["shadow"], factors["caption_dropout"])
+            for seed in seeds]
 
 
 # ----------------------------------------------------------------------------- params as DVC runs them
@@ -209,7 +230,7 @@ def comparison_rows(entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]]
     rows = []
     for entry in entries:
         row = {"variant": entry["variant"], "shadow_correction": on_off(entry["shadow"]),
-               "caption_dropout": on_off(entry["caption_dropout"])}
+               "caption_dropout": on_off(entry["caption_dropout"]), "seed": entry.get("seed", 0)}
         for name in directions:
             metric = (entry.get("metrics") or {}).get(name) or {}
             row[name] = entry.get("validation_loss") if name == VALIDATION_COLUMN else metric.get("value")
@@ -231,11 +252,13 @@ def real_reference(entries: list[dict[str, Any]]) -> dict[str, float]:
 def shadow_grid_models(entries: list[dict[str, Any]]) -> dict[str, str] | None:
     """{variant: model URI} of the shadow-on and the shadow-off variant to draw side by side, or None.
 
-    Both with caption dropout on when the matrix has it (the paper's setting), else both off; None
-    when either lacks an evaluated model.
+    Both with caption dropout on when the matrix has it (the paper's setting), else both off, and
+    the first training seed; None when either lacks an evaluated model.
     """
     dropout = any(entry["caption_dropout"] for entry in entries)
-    pair = {e["shadow"]: e for e in entries if e["caption_dropout"] == dropout and e.get("model_uri")}
+    first_seed = entries[0].get("seed", 0) if entries else 0
+    pair = {e["shadow"]: e for e in entries
+            if e["caption_dropout"] == dropout and e.get("seed", 0) == first_seed and e.get("model_uri")}
     if True not in pair or False not in pair:
         return None
     return {pair[shadow]["variant"]: pair[shadow]["model_uri"] for shadow in (True, False)}
@@ -260,21 +283,21 @@ def markdown_table(rows: list[dict[str, Any]], directions: dict[str, str], refer
         grid: the shadow-correction grid's path relative to the report, or None for no grid section.
     """
     arrows = {"higher_is_better": "higher is better", "lower_is_better": "lower is better"}
-    columns = ["variant", "shadow correction", "caption dropout"]
+    columns = ["variant", "shadow correction", "caption dropout", "seed"]
     columns += [f"{name} ({arrows.get(d, d or 'no direction')})" for name, d in directions.items()] + ["MLflow run"]
     lines = ["# Ablation: shadow correction x caption dropout", ""]
     lines += [f"- {key}: {value}" for key, value in header.items()]
     lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     best = {name: best_value(rows, name, d) for name, d in directions.items()}
     for row in rows:
-        cells = [row["variant"], row["shadow_correction"], row["caption_dropout"]]
+        cells = [row["variant"], row["shadow_correction"], row["caption_dropout"], str(row["seed"])]
         for name in directions:
             text = _cell(row.get(name))
             cells.append(f"**{text}**" if best[name] is not None and row.get(name) == best[name] else text)
         cells.append(f"`{row['run_id']}`" if row.get("run_id") else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     if reference:
-        cells = [f"*{REFERENCE_LABEL}*", "", ""] + [_cell(reference.get(name)) for name in directions] + [""]
+        cells = [f"*{REFERENCE_LABEL}*", "", "", ""] + [_cell(reference.get(name)) for name in directions] + [""]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", ("Bold: the best value of its column (none when all are equal). n/a: the metric could not be "
                    "computed for that model (e.g. too few held-out cells) or the variant has no evaluated MLflow run.")]

@@ -41,18 +41,21 @@ from components.evaluation.ablation import (
     set_param_args,
 )
 from components.layout import (
+    ABLATION_FOREST,
     ABLATION_GRID_DIR,
     ABLATION_JSON,
     ABLATION_MD,
     MLFLOW_PARENT_RUN_ENV,
     MLFLOW_RUN_TAGS_ENV,
     PARAMS_FILE,
+    SEED_SPREAD,
 )
 from components.versioning.dvc_git import dvc_command
 
 BASELINE_TAG = "mesa.ablation.baseline"
 VALIDATION_METRIC = "val/loss"  # the training loop's fixed held-out validation loss (last value)
 GRID_NAME = "shadow_correction"
+EFFECTS_RESAMPLES = 1000
 
 
 class VariantFailed(RuntimeError):
@@ -132,13 +135,14 @@ def start_ablation(project_dir: str | Path) -> AblationRun:
     names = [v.name for v in variants]
     parent = client.create_run(experiment_id, run_name=f"ablation-{commit[:7]}", tags={
         "mesa.git_commit": commit, "mesa.git_dirty": dirty, BASELINE_TAG: commit,
-        "mesa.ablation.matrix": json.dumps({v.name: {"shadow": v.shadow, "caption_dropout": v.caption_dropout}
-                                            for v in variants}),
+        "mesa.ablation.matrix": json.dumps({v.name: {"shadow": v.shadow, "caption_dropout": v.caption_dropout,
+                                                     "seed": v.seed} for v in variants}),
         "mlflow.note.content": f"Ablation of {', '.join(names)} at commit {commit[:7]}; the variants' training "
                                "runs are nested below; the comparison is under Artifacts (ablation/).",
     })
     parent_id = parent.info.run_id
-    client.log_batch(parent_id, params=[_param(f"ablation.{k}", settings.get(k)) for k in ("shadow", "caption_dropout")])
+    client.log_batch(parent_id, params=[_param(f"ablation.{k}", settings.get(k))
+                                        for k in ("shadow", "caption_dropout", "seeds")])
     return AblationRun(root=root, params=params, settings=settings, variants=variants, experiment=experiment,
                        commit=commit, dirty=dirty, uri=uri, client=client, experiment_id=experiment_id,
                        parent_id=parent_id)
@@ -210,6 +214,32 @@ def variant_env(base_env: Mapping[str, str], run_uri: str, parent_run_id: str, v
                 MLFLOW_RUN_TAGS_ENV: json.dumps(tags)})
     env.pop("MLFLOW_RUN_ID", None)  # a run id from the caller's shell would hijack the training run
     return env
+
+
+# What numerical libraries read for their thread count (torch's intra-op pool follows OMP_NUM_THREADS).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def threads_per_job(settings: Mapping[str, Any], cpu_count: int) -> int:
+    """CPU threads each variant job uses: ``ablation.threads_per_job``, else the cores shared out
+    over ``ablation.parallel`` jobs (at least one)."""
+    if settings.get("threads_per_job"):
+        return int(settings["threads_per_job"])
+    return max(1, cpu_count // max(1, int(settings.get("parallel") or 1)))
+
+
+def pin_job(env: Mapping[str, str], threads: int, gpu: int | None) -> dict[str, str]:
+    """`env` with the job's thread count and, on a GPU machine, only its own GPU visible.
+
+    Args:
+        env (Mapping[str, str]): the job's environment (from :func:`variant_env`).
+        threads (int): CPU threads (:func:`threads_per_job`).
+        gpu (int | None): the GPU index the job gets; None: no GPU is assigned (CPU machines).
+    """
+    pinned = {**env, **{name: str(threads) for name in THREAD_VARIABLES}}
+    if gpu is not None:
+        pinned["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    return pinned
 
 
 def variant_command(variant: Variant, experiment: str) -> list[str]:
@@ -315,6 +345,26 @@ def evaluated_run(client: Any, experiment_id: str, variant: Variant, baseline: s
     return None
 
 
+def per_cell_of(client: Any, run: Any):
+    """The per-cell table the evaluate stage logged onto `run` (evaluation/metrics_per_cell.parquet), or None.
+
+    Args:
+        client (mlflow.MlflowClient): a client on the run's store.
+        run (mlflow.entities.Run): a training run.
+    """
+    import tempfile
+
+    import mlflow.artifacts
+    import pandas as pd
+
+    path = "evaluation/metrics_per_cell.parquet"
+    if not any(f.path == path for f in client.list_artifacts(run.info.run_id, "evaluation")):
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        return pd.read_parquet(mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path=path, dst_path=folder, tracking_uri=client.tracking_uri))
+
+
 def model_uri_of(client: Any, run: Any) -> str:
     """The URI of the pipeline model the training run logged (``models:/<id>``, else ``runs:/<id>/pipeline``).
 
@@ -337,21 +387,24 @@ def collect_entries(run: AblationRun, outcomes: dict[str, dict[str, Any]],
         say (Callable[[str], None], default print): a line per variant without an evaluated run.
 
     Returns:
-        list[dict]: in matrix order; a variant without a finished, evaluated run keeps an empty row
-        (``run_id`` None, no metrics).
+        list[dict]: in matrix order, each with its arm, factor levels, seed and ``table`` (the
+        per-cell evaluation, None without one); a variant without a finished, evaluated run keeps
+        an empty row (``run_id`` None, no metrics).
     """
     entries = []
     for variant in run.variants:
         held = evaluated_run(run.client, run.experiment_id, variant, run.commit)
-        entry = {"variant": variant.name, "shadow": variant.shadow, "caption_dropout": variant.caption_dropout,
+        entry = {"variant": variant.name, "arm": variant.arm, "shadow": variant.shadow,
+                 "caption_dropout": variant.caption_dropout, "seed": variant.seed, "levels": variant.levels,
                  **outcomes[variant.name], "run_id": None, "model_uri": None, "metrics": {},
-                 "validation_loss": None}
+                 "validation_loss": None, "table": None}
         if held is None:
             say(f"[ablation] {variant.name}: no finished, evaluated training run in MLflow; its row stays empty")
         else:
             training, report = held
             entry.update(run_id=training.info.run_id, model_uri=model_uri_of(run.client, training),
-                         metrics=report["metrics"], validation_loss=training.data.metrics.get(VALIDATION_METRIC))
+                         metrics=report["metrics"], validation_loss=training.data.metrics.get(VALIDATION_METRIC),
+                         table=per_cell_of(run.client, training))
         entries.append(entry)
     return entries
 
@@ -391,40 +444,62 @@ def shadow_grid(project_dir: Path, params: dict[str, Any], models: dict[str, str
 
 
 # ----------------------------------------------------------------------------- 5. the reports
-def write_reports(run: AblationRun, entries: list[dict[str, Any]], grid: Path | None) -> dict[str, Any]:
-    """reports/ablation.md and reports/ablation.json, and the same table, files and grid on the parent run.
+def write_reports(run: AblationRun, entries: list[dict[str, Any]], grid: Path | None,
+                  n_boot: int = EFFECTS_RESAMPLES) -> dict[str, Any]:
+    """reports/ablation.md and .json (every run, and per metric the arms and effects with intervals),
+    the forest plot, reports/seed_spread.json, and the same tables, files and grid on the parent run.
 
     Args:
         run (AblationRun): the ablation.
         entries (list[dict]): from :func:`collect_entries`.
         grid (Path | None): from :func:`shadow_grid`, None without a grid.
+        n_boot (int, default 1000): the effects' bootstrap resamples.
 
     Returns:
         dict: what reports/ablation.json holds (parent run, variants with ran/skipped, run ids,
-        model URIs and metrics, the grid).
+        model URIs and metrics, the effects, the grid).
     """
     from components.atomic import atomic_write, write_json_atomic
+    from components.evaluation import replicates
 
     root, client, parent_id = run.root, run.client, run.parent_id
     rows, directions = comparison_rows(entries)
     reference = real_reference(entries)
+    analysis = replicates.analyse(replicates.arms_of(entries), directions, n_boot=n_boot)
     header = {"baseline commit": f"`{run.commit}`" + (" (with uncommitted changes)" if run.dirty == "true" else ""),
               "MLflow experiment": f"`{run.experiment}`", "parent run": f"`{parent_id}`",
+              "training seeds per arm": ", ".join(str(s) for s in run.settings.get("seeds", [0])),
               "variants": ", ".join(f"{e['variant']} ({'trained' if e['ran'] else 'already in DVC'})"
                                     for e in entries)}
     grid_link = str(grid.relative_to(root / ABLATION_MD.parent)) if grid else None
-    atomic_write(root / ABLATION_MD, lambda tmp: Path(tmp).write_text(
-        markdown_table(rows, directions, reference, header, grid_link)))
+    forest = None
+    if analysis:
+        image = replicates.forest_plot(analysis)
+        atomic_write(root / ABLATION_FOREST, lambda tmp: image.save(tmp, format="PNG"))
+        forest = root / ABLATION_FOREST
+    text = markdown_table(rows, directions, reference, header, grid_link) + "\n" + replicates.markdown(
+        analysis, str(forest.relative_to(root / ABLATION_MD.parent)) if forest else None)
+    atomic_write(root / ABLATION_MD, lambda tmp: Path(tmp).write_text(text))
+    plain = [{k: v for k, v in e.items() if k != "table"} for e in entries]
     summary = {"experiment": run.experiment, "parent_run_id": parent_id, "baseline_commit": run.commit,
                "git_dirty": run.dirty, "directions": directions, "rows": rows, "real_reference": reference,
-               "variants": entries, "grid": str(grid.relative_to(root)) if grid else None}
+               "variants": plain, "effects": analysis, "grid": str(grid.relative_to(root)) if grid else None,
+               "forest_plot": str(forest.relative_to(root)) if forest else None}
     write_json_atomic(root / ABLATION_JSON, summary)
+    spread = replicates.spread_record(analysis, f"ablation run {parent_id} at commit {run.commit[:7]}")
+    if spread["metrics"]:
+        write_json_atomic(root / SEED_SPREAD, spread)
+        client.log_artifact(parent_id, str(root / SEED_SPREAD), "ablation")
     client.log_table(parent_id, data={key: [row.get(key) for row in rows] for key in rows[0]},
                      artifact_file="ablation/comparison.json")
+    effect_rows = [{"metric": name, **{k: v for k, v in effect.items()}} for name, entry in analysis.items()
+                   for effect in entry["effects"]]
+    if effect_rows:
+        client.log_table(parent_id, data={key: [row.get(key) for row in effect_rows] for key in effect_rows[0]},
+                         artifact_file="ablation/effects_table.json")
     for path in (ABLATION_MD, ABLATION_JSON):
         client.log_artifact(parent_id, str(root / path), "ablation")
-    if grid:
-        client.log_artifact(parent_id, str(grid), "ablation")
-        client.log_artifact(parent_id, str(grid.with_suffix(".json")), "ablation")
+    for path in ([grid, grid.with_suffix(".json")] if grid else []) + ([forest] if forest else []):
+        client.log_artifact(parent_id, str(path), "ablation")
     client.set_tag(parent_id, "mesa.ablation.runs", json.dumps({e["variant"]: e["run_id"] for e in entries}))
     return summary

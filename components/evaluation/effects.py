@@ -30,7 +30,7 @@ import pandas as pd
 
 from components.evaluation.per_cell import MIN_CELLS, Interval
 
-__all__ = ["Arm", "Effect", "arm_summaries", "factor_effects", "verdict"]
+__all__ = ["Arm", "Effect", "arm_summaries", "contrasts", "factor_effects", "replicate_analysis", "verdict"]
 
 Statistic = Callable[[pd.DataFrame], float]
 NO_DIFFERENCE = "no detectable difference"
@@ -96,33 +96,49 @@ def _check(arms: Sequence[Arm]) -> str:
     return ""
 
 
+class _Draws:
+    """The hierarchical bootstrap of the module docstring, drawn once for a set of arms: each
+    repetition's arm means, from which any contrast's interval follows (the arm summaries, the main
+    effects and the interaction all share the same resamples)."""
+
+    def __init__(self, arms: Sequence[Arm], statistic: Statistic, n_boot: int, seed: int):
+        self.means = {a.name: float(np.mean([statistic(t) for t in a.tables.values()])) for a in arms}
+        resampler = _Resampler(arms)
+        self.cells = len(resampler.cells)
+        self.note = _check(arms) or (f"{self.cells} held-out cells in common: too few for an interval "
+                                     f"(need {MIN_CELLS})" if self.cells < MIN_CELLS else "")
+        self.repetitions: list[dict[str, float]] = []
+        if self.note:
+            return
+        rng = np.random.default_rng(seed)
+        for _ in range(n_boot):
+            draw = rng.integers(0, self.cells, self.cells)
+            boot = {}
+            for arm in arms:
+                seeds = list(arm.tables)
+                chosen = rng.choice(seeds, size=len(seeds), replace=True)
+                # a seed drawn twice is the same statistic twice: computed once
+                value = {int(s): statistic(resampler.take(arm, int(s), draw)) for s in set(chosen.tolist())}
+                boot[arm.name] = float(np.mean([value[int(s)] for s in chosen]))
+            self.repetitions.append(boot)
+
+    def interval(self, contrast: Callable[[dict[str, float]], float], level: float) -> Interval:
+        estimate = float(contrast(self.means))
+        if self.note:
+            return Interval(estimate, np.nan, np.nan, level, self.cells, 0, self.note)
+        values = [contrast(boot) for boot in self.repetitions]
+        finite = np.asarray([v for v in values if np.isfinite(v)])
+        if len(finite) < 0.9 * len(values):
+            return Interval(estimate, np.nan, np.nan, level, self.cells, len(finite),
+                            f"the statistic was undefined on {len(values) - len(finite)} of {len(values)} resamples")
+        low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
+        return Interval(estimate, float(low), float(high), level, self.cells, len(finite))
+
+
 def _bootstrap(arms: Sequence[Arm], statistic: Statistic, contrast: Callable[[dict[str, float]], float],
                n_boot: int, seed: int, level: float) -> Interval:
     """Interval of ``contrast(arm means)`` by the hierarchical bootstrap of the module docstring."""
-    means = {a.name: float(np.mean([statistic(t) for t in a.tables.values()])) for a in arms}
-    estimate = float(contrast(means))
-    resampler = _Resampler(arms)
-    n_cells = len(resampler.cells)
-    note = _check(arms) or (f"{n_cells} held-out cells in common: too few for an interval (need {MIN_CELLS})"
-                            if n_cells < MIN_CELLS else "")
-    if note:
-        return Interval(estimate, np.nan, np.nan, level, n_cells, 0, note)
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        draw = rng.integers(0, n_cells, n_cells)
-        boot = {}
-        for arm in arms:
-            seeds = list(arm.tables)
-            chosen = rng.choice(seeds, size=len(seeds), replace=True)
-            boot[arm.name] = float(np.mean([statistic(resampler.take(arm, int(s), draw)) for s in chosen]))
-        values.append(contrast(boot))
-    finite = np.asarray([v for v in values if np.isfinite(v)])
-    if len(finite) < 0.9 * n_boot:
-        return Interval(estimate, np.nan, np.nan, level, n_cells, len(finite),
-                        f"the statistic was undefined on {n_boot - len(finite)} of {n_boot} resamples")
-    low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
-    return Interval(estimate, float(low), float(high), level, n_cells, len(finite))
+    return _Draws(arms, statistic, n_boot, seed).interval(contrast, level)
 
 
 def arm_summaries(arms: Sequence[Arm], statistic: Statistic, n_boot: int = 1000, seed: int = 0,
@@ -141,6 +157,29 @@ def factor_effects(arms: Sequence[Arm], statistic: Statistic, direction: str, n_
     Raises:
         ValueError: arms that do not share one set of factor names, or two arms with the same levels.
     """
+    return replicate_analysis(arms, statistic, direction, n_boot, seed, level)[1]
+
+
+def replicate_analysis(arms: Sequence[Arm], statistic: Statistic, direction: str, n_boot: int = 1000,
+                       seed: int = 0, level: float = 0.95) -> tuple[dict[str, Interval], list[Effect]]:
+    """Each arm's mean with its interval, and the factor effects (see :func:`factor_effects`), from
+    one set of resamples.
+
+    Raises:
+        ValueError: arms that do not share one set of factor names, or two arms with the same levels.
+    """
+    named = contrasts(arms)
+    draws = _Draws(arms, statistic, n_boot, seed)
+    summaries = {arm.name: draws.interval(lambda m, name=arm.name: m[name], level) for arm in arms}
+    effects = []
+    for name, contrast in named:
+        interval = draws.interval(contrast, level)
+        effects.append(Effect(name, interval, verdict(interval, direction)))
+    return summaries, effects
+
+
+def contrasts(arms: Sequence[Arm]) -> list[tuple[str, Callable[[dict[str, float]], float]]]:
+    """(name, arm means -> difference) of each varied factor's main effect and the 2x2 interaction."""
     factors = sorted({f for arm in arms for f in arm.levels})
     if any(set(arm.levels) != set(factors) for arm in arms):
         raise ValueError("every arm must set the same factors")
@@ -148,22 +187,19 @@ def factor_effects(arms: Sequence[Arm], statistic: Statistic, direction: str, n_
     if len(by_levels) != len(arms):
         raise ValueError("two arms have the same factor levels")
     varied = [f for f in factors if len({arm.levels[f] for arm in arms}) == 2]
-    effects = []
+    found = []
     for factor in varied:
         on = [a.name for a in arms if a.levels[factor]]
         off = [a.name for a in arms if not a.levels[factor]]
 
         def main(m, on=on, off=off):
             return float(np.mean([m[n] for n in on]) - np.mean([m[n] for n in off]))
-        interval = _bootstrap(arms, statistic, main, n_boot, seed, level)
-        effects.append(Effect(f"{factor} on - off", interval, verdict(interval, direction)))
-    full = len(varied) == 2 and len(arms) == 4
-    if full:
+        found.append((f"{factor} on - off", main))
+    if len(varied) == 2 and len(arms) == 4:
         a, b = varied
         name = {(arm.levels[a], arm.levels[b]): arm.name for arm in arms}
 
         def interaction(m):
             return float((m[name[True, True]] - m[name[False, True]]) - (m[name[True, False]] - m[name[False, False]]))
-        interval = _bootstrap(arms, statistic, interaction, n_boot, seed, level)
-        effects.append(Effect(f"{a} x {b} interaction", interval, verdict(interval, direction)))
-    return effects
+        found.append((f"{a} x {b} interaction", interaction))
+    return found

@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import make_micro_project, set_params
+from tests.conftest import commit_project, make_micro_project, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +47,9 @@ def trained(tmp_path_factory, prefect_api):
 
     root = make_micro_project(tmp_path_factory.mktemp("drills"))
     set_params(root, **DRILL_TRAIN)
+    commit_project(root, "the drills' schedule")  # a champion the gate accepts: committed, pushed
     outcome = retrain(project_dir=str(root))
-    assert outcome["registration"]["version"] == 1 and outcome["promotion"]["promoted"]
+    assert outcome["registration"]["version"] == 1 and outcome["promotion"]["promoted"], outcome["promotion"]
     return root, pipeline_weights(root)
 
 

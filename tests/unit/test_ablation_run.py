@@ -29,7 +29,7 @@ def project(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     shutil.copytree(PROJECT_ROOT / "configs", tmp_path / "configs")
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params["ablation"].update(shadow=[True, False], caption_dropout=[True], experiment="test-ablation")
+    params["ablation"].update(shadow=[True, False], caption_dropout=[True], seeds=[0], experiment="test-ablation")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _git(tmp_path, "init", "-q")
     _git(tmp_path, "add", "params.yaml", "configs")
@@ -37,7 +37,8 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _training_run(run: ablation_run.AblationRun, variant: Variant, metrics: dict | None, loss: float) -> str:
+def _training_run(run: ablation_run.AblationRun, variant: Variant, metrics: dict | None, loss: float,
+                  per_cell=None) -> str:
     """A finished training run of `variant` under the parent, as the training loop and evaluate stage leave it."""
     client = run.client
     tags = {**variant.tags(), ablation_run.BASELINE_TAG: run.commit, "mlflow.parentRunId": run.parent_id}
@@ -48,13 +49,17 @@ def _training_run(run: ablation_run.AblationRun, variant: Variant, metrics: dict
         path.parent.mkdir()
         path.write_text(json.dumps({"metrics": metrics}))
         client.log_artifact(run_id, str(path), "evaluation")
+    if per_cell is not None:
+        path = run.root / variant.name / "metrics_per_cell.parquet"
+        per_cell.to_parquet(path, index=False)
+        client.log_artifact(run_id, str(path), "evaluation")
     client.set_terminated(run_id)
     return run_id
 
 
 def test_the_variants_runs_become_the_comparison_and_its_reports(project):
     run = ablation_run.start_ablation(project)
-    assert [v.name for v in run.variants] == ["shadow-on_dropout-on", "shadow-off_dropout-on"]
+    assert [v.name for v in run.variants] == ["shadow-on_dropout-on_seed-0", "shadow-off_dropout-on_seed-0"]
     assert (run.experiment, run.dirty) == ("test-ablation", "false") and run.commit == _git(project, "rev-parse", "HEAD")
     parent = run.client.get_run(run.parent_id)
     assert set(json.loads(parent.data.tags["mesa.ablation.matrix"])) == {v.name for v in run.variants}
@@ -72,7 +77,8 @@ def test_the_variants_runs_become_the_comparison_and_its_reports(project):
     said: list[str] = []
     outcomes = {v.name: {"variant": v.name, "ran": v is on, "seconds": 1.0} for v in run.variants}
     entries = ablation_run.collect_entries(run, outcomes, say=said.append)
-    assert said == ["[ablation] shadow-on_dropout-on: no finished, evaluated training run in MLflow; its row stays empty"]
+    assert said == ["[ablation] shadow-on_dropout-on_seed-0: no finished, evaluated training run in MLflow; its row "
+                    "stays empty"]
     assert entries[0]["run_id"] is None and entries[0]["metrics"] == {}
     assert entries[1]["run_id"] == evaluated and entries[1]["validation_loss"] == 0.3
     assert entries[1]["model_uri"] == f"runs:/{evaluated}/pipeline"  # no logged model: the run's artifact path
@@ -80,8 +86,10 @@ def test_the_variants_runs_become_the_comparison_and_its_reports(project):
     summary = ablation_run.write_reports(run, entries, grid=None)
     assert json.loads((project / ABLATION_JSON).read_text()) == json.loads(json.dumps(summary))
     table = (project / ABLATION_MD).read_text()
-    assert f"`{run.commit}`" in table and "shadow-on_dropout-on (trained), shadow-off_dropout-on (already in DVC)" in table
-    assert f"| shadow-off_dropout-on | off | on | 0.5 | 0.3 | `{evaluated}` |" in table  # one value: none bold
+    assert f"`{run.commit}`" in table and ("shadow-on_dropout-on_seed-0 (trained), shadow-off_dropout-on_seed-0 "
+                                           "(already in DVC)") in table
+    assert f"| shadow-off_dropout-on_seed-0 | off | on | 0 | 0.5 | 0.3 | `{evaluated}` |" in table  # none bold
+    assert "No per-cell evaluation came back" in table and summary["effects"] == {}
     artifacts = {f.path for f in run.client.list_artifacts(run.parent_id, "ablation")}
     assert artifacts == {"ablation/ablation.md", "ablation/ablation.json", "ablation/comparison.json"}
     assert json.loads(run.client.get_run(run.parent_id).data.tags["mesa.ablation.runs"]) == {
@@ -99,9 +107,16 @@ def test_a_variants_environment_and_command():
     assert json.loads(env[MLFLOW_RUN_TAGS_ENV]) == {**variant.tags(), ablation_run.BASELINE_TAG: "abc123",
                                                       "mlflow.runName": variant.name}
     command = ablation_run.variant_command(variant, "test-ablation")
-    assert command[1:] == ["-m", "dvc", "exp", "run", "--temp", "-n", "shadow-off_dropout-on",
+    assert command[1:] == ["-m", "dvc", "exp", "run", "--temp", "-n", "shadow-off_dropout-on_seed-0",
                            "-S", "shadow.enabled=false", "-S", "captions.augmentation.caption_dropout=true",
-                           "-S", "train.experiment='test-ablation'"]
+                           "-S", "train.seed=0", "-S", "train.experiment='test-ablation'"]
+    # a job's threads are pinned; on a GPU machine it sees only its own GPU
+    pinned = ablation_run.pin_job(env, threads=3, gpu=1)
+    assert [pinned[name] for name in ablation_run.THREAD_VARIABLES] == ["3", "3", "3"]
+    assert pinned["CUDA_VISIBLE_DEVICES"] == "1" and "CUDA_VISIBLE_DEVICES" not in ablation_run.pin_job(env, 3, None)
+    assert ablation_run.threads_per_job({"parallel": 2}, cpu_count=16) == 8
+    assert ablation_run.threads_per_job({"parallel": 4, "threads_per_job": 1}, cpu_count=16) == 1
+    assert ablation_run.threads_per_job({"parallel": 8}, cpu_count=2) == 1
 
 
 def test_a_failing_variant_names_itself_and_ends_with_its_output(tmp_path, monkeypatch):
@@ -109,8 +124,53 @@ def test_a_failing_variant_names_itself_and_ends_with_its_output(tmp_path, monke
     monkeypatch.setattr(ablation_run, "variant_command",
                         lambda v, e: ["sh", "-c", "echo one; echo two; exit 4"])
     lines: list[str] = []
-    with pytest.raises(ablation_run.VariantFailed, match=r"'shadow-on_dropout-off' failed \(dvc exp run exit 4\)"
+    with pytest.raises(ablation_run.VariantFailed, match=r"'shadow-on_dropout-off_seed-0' failed \(dvc exp run exit 4\)"
                                                          r"(.|\n)*Last output:\none\ntwo$"):
         ablation_run.run_variant_experiment(tmp_path, variant, "x", env={"PATH": "/bin:/usr/bin"},
                                             on_line=lines.append)
     assert lines == ["echo one; echo two; exit 4", "one", "two"]  # the command line (after the interpreter), then its output
+
+
+def test_replicated_arms_give_effects_with_intervals_a_forest_plot_and_the_seed_spread(project):
+    """Two arms x three seeds whose per-cell tables differ by a known amount: the report's effects,
+    its forest plot and reports/seed_spread.json (what the promotion gate reads for its margins)."""
+    import numpy as np
+
+    from components.evaluation.per_cell import denoising_rows
+    from components.layout import ABLATION_FOREST, SEED_SPREAD
+    from components.tracking.promotion import seed_spread
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["ablation"]["seeds"] = [0, 1, 2]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _git(project, "commit", "-qam", "three seeds")
+    run = ablation_run.start_ablation(project)
+    assert len(run.variants) == 6
+    rng = np.random.default_rng(3)
+    cells = [f"cell{c}" for c in range(12)] * 3
+    base = rng.gamma(4.0, 10.0, len(cells))
+    direction = {"heldout_denoising_loss": {"value": 0.5, "direction": "lower_is_better"}}
+    for variant in run.variants:
+        worse = 1.0 if variant.shadow else 1.5  # shadow off denoises 50 % worse on every cell
+        error = base * worse * (1 + rng.normal(0, 0.02)) + rng.normal(0, 0.5, len(cells))
+        table = denoising_rows(cells, error, error * 2, np.full(len(cells), 100.0))
+        _training_run(run, variant, direction, loss=0.3, per_cell=table)
+    outcomes = {v.name: {"variant": v.name, "ran": True, "seconds": 1.0} for v in run.variants}
+    entries = ablation_run.collect_entries(run, outcomes)
+    assert all(entry["table"] is not None for entry in entries)
+    summary = ablation_run.write_reports(run, entries, grid=None, n_boot=300)
+
+    [effect] = summary["effects"]["heldout_denoising_loss"]["effects"]
+    assert effect["name"] == "shadow on - off" and effect["verdict"] == "better" and effect["high"] < 0
+    assert effect["seeds_needed"] == 2  # a large effect against a small seed spread
+    arms = summary["effects"]["heldout_denoising_loss"]["arms"]
+    assert arms["shadow-off_dropout-on"]["estimate"] > arms["shadow-on_dropout-on"]["estimate"]
+    table = (project / ABLATION_MD).read_text()
+    assert "| heldout_denoising_loss | lower is better |" in table and "| shadow on - off |" in table
+    assert (project / ABLATION_FOREST).stat().st_size > 1000 and "![effects](ablation/effects.png)" in table
+    spread = seed_spread(project)
+    assert spread == json.loads((project / SEED_SPREAD).read_text()) and run.parent_id in spread["source"]
+    assert 0 < spread["metrics"]["heldout_denoising_loss"]["sd"] < 0.1
+    assert "table" not in json.loads((project / ABLATION_JSON).read_text())["variants"][0]
+    artifacts = {f.path for f in run.client.list_artifacts(run.parent_id, "ablation")}
+    assert {"ablation/effects.png", "ablation/seed_spread.json", "ablation/effects_table.json"} <= artifacts

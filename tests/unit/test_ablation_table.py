@@ -20,11 +20,12 @@ from components.evaluation.ablation import (
 )
 
 PARAMS = {"shadow": {"enabled": True}, "captions": {"augmentation": {"caption_dropout": True, "p_drop": 0.5}},
-          "train": {"experiment": "mesa", "mixed_precision": "no", "lr": 1e-4}, "synth": {"classes": {1: "a"}}}
+          "train": {"experiment": "mesa", "mixed_precision": "no", "lr": 1e-4, "seed": 7},
+          "synth": {"classes": {1: "a"}}}
 
 
 def _entry(variant: str, shadow: bool, dropout: bool, metrics: dict, validation_loss=None, run_id="r"):
-    return {"variant": variant, "shadow": shadow, "caption_dropout": dropout, "run_id": run_id,
+    return {"variant": variant, "shadow": shadow, "caption_dropout": dropout, "seed": 0, "run_id": run_id,
             "model_uri": f"models:/{variant}", "metrics": metrics, "validation_loss": validation_loss}
 
 
@@ -35,17 +36,25 @@ def _metric(value, direction, reference=None):
 # ----------------------------------------------------------------------------- the matrix
 def test_the_two_by_two_matrix_names_and_sets_each_variant():
     variants = matrix({"shadow": [True, False], "caption_dropout": [True, False], "experiment": "x"})
-    assert [v.name for v in variants] == ["shadow-on_dropout-on", "shadow-on_dropout-off",
-                                          "shadow-off_dropout-on", "shadow-off_dropout-off"]
+    assert [v.name for v in variants] == ["shadow-on_dropout-on_seed-0", "shadow-on_dropout-off_seed-0",
+                                          "shadow-off_dropout-on_seed-0", "shadow-off_dropout-off_seed-0"]
     assert variants[2].overrides("mesa-ablation") == {"shadow.enabled": False,
                                                       "captions.augmentation.caption_dropout": True,
-                                                      "train.experiment": "mesa-ablation"}
-    assert variants[1].tags() == {"mesa.variant": "shadow-on_dropout-off", "mesa.shadow": "on",
-                                  "mesa.caption_dropout": "off"}
+                                                      "train.seed": 0, "train.experiment": "mesa-ablation"}
+    assert variants[1].tags() == {"mesa.variant": "shadow-on_dropout-off_seed-0", "mesa.arm": "shadow-on_dropout-off",
+                                  "mesa.seed": "0", "mesa.shadow": "on", "mesa.caption_dropout": "off"}
+
+
+def test_each_arm_is_replicated_with_every_training_seed():
+    variants = matrix({"shadow": [True, False], "caption_dropout": [True], "seeds": [0, 1, 2]})
+    assert [(v.arm, v.seed) for v in variants] == [("shadow-on_dropout-on", s) for s in (0, 1, 2)] + [
+        ("shadow-off_dropout-on", s) for s in (0, 1, 2)]
+    assert variants[4].name == "shadow-off_dropout-on_seed-1" and variants[4].overrides("e")["train.seed"] == 1
+    assert variants[4].levels == {"shadow": False, "caption_dropout": True}
 
 
 def test_a_shortened_factor_runs_fewer_variants_and_repeats_count_once():
-    assert matrix({"shadow": [False, False], "caption_dropout": [True]}) == [Variant(False, True)]
+    assert matrix({"shadow": [False, False], "caption_dropout": [True]}) == [Variant(False, True, 0)]
 
 
 @pytest.mark.parametrize("settings", [{}, {"shadow": [], "caption_dropout": [True]},
@@ -56,11 +65,17 @@ def test_a_malformed_matrix_names_the_key(settings):
         matrix(settings)
 
 
+@pytest.mark.parametrize("seeds", [[], [0, 0], [-1], ["1"], [True]])
+def test_malformed_seeds_are_refused(seeds):
+    with pytest.raises(ValueError, match=r"ablation\.seeds must be a non-empty list of distinct integers"):
+        matrix({"shadow": [True], "caption_dropout": [True], "seeds": seeds})
+
+
 # ----------------------------------------------------------------------------- params as DVC runs them
 def test_set_param_args_write_booleans_bare_and_strings_quoted():
     args = set_param_args(Variant(False, True).overrides("mesa-ablation"))
     assert args == ["-S", "shadow.enabled=false", "-S", "captions.augmentation.caption_dropout=true",
-                    "-S", "train.experiment='mesa-ablation'"]
+                    "-S", "train.seed=0", "-S", "train.experiment='mesa-ablation'"]
 
 
 @pytest.mark.parametrize("value", [True, False, None, 3, 0.25, "no", "mesa-ablation", "1e-4", "it's", "a\\b",
@@ -84,14 +99,14 @@ def test_missing_keys_lists_what_params_yaml_lacks():
     overrides = Variant(True, True).overrides("e")
     assert missing_keys(PARAMS, overrides) == []
     assert missing_keys({"shadow": {"enabled": True}, "train": {}}, overrides) == [
-        "captions.augmentation.caption_dropout", "train.experiment"]
+        "captions.augmentation.caption_dropout", "train.seed", "train.experiment"]
 
 
 def test_expected_params_are_the_workspace_params_with_the_overrides_in_json_form():
     wanted = expected_params(PARAMS, Variant(False, False).overrides("mesa-ablation"))
     assert wanted["shadow"]["enabled"] is False
     assert wanted["captions"]["augmentation"] == {"caption_dropout": False, "p_drop": 0.5}
-    assert wanted["train"] == {"experiment": "mesa-ablation", "mixed_precision": "no", "lr": 1e-4}
+    assert wanted["train"] == {"experiment": "mesa-ablation", "mixed_precision": "no", "lr": 1e-4, "seed": 0}
     assert wanted["synth"] == {"classes": {"1": "a"}}  # as `dvc exp show --json` gives int keys
     assert PARAMS["shadow"]["enabled"] is True  # the workspace's params are left alone
 
@@ -137,7 +152,7 @@ def test_comparison_rows_hold_every_metric_and_the_validation_loss():
     assert directions == {"accuracy": "higher_is_better", "distance": "lower_is_better",
                           "validation_loss": "lower_is_better"}
     assert rows[1] == {"variant": "shadow-off_dropout-on", "shadow_correction": "off", "caption_dropout": "on",
-                       "accuracy": 0.7, "distance": None, "validation_loss": 1.25, "run_id": "run-b"}
+                       "seed": 0, "accuracy": 0.7, "distance": None, "validation_loss": 1.25, "run_id": "run-b"}
     assert [row["validation_loss"] for row in rows] == [1.5, 1.25, None]
 
 
@@ -177,16 +192,18 @@ def test_the_markdown_table_bolds_the_best_and_shows_missing_values_as_na():
     table = markdown_table(rows, directions, real_reference(ENTRIES), {"parent run": "`p`"},
                            "ablation/shadow_correction.png")
     assert "- parent run: `p`" in table
-    assert ("| variant | shadow correction | caption dropout | accuracy (higher is better) | "
+    assert ("| variant | shadow correction | caption dropout | seed | accuracy (higher is better) | "
             "distance (lower is better) | validation_loss (lower is better) | MLflow run |") in table
     cells = _table_rows(table)
-    assert cells["shadow-on_dropout-on"] == ["shadow-on_dropout-on", "on", "on", "0.5", "**0.2**", "1.5", "`run-a`"]
-    assert cells["shadow-off_dropout-on"] == ["shadow-off_dropout-on", "off", "on", "**0.7**", "n/a", "**1.25**",
+    assert cells["shadow-on_dropout-on"] == ["shadow-on_dropout-on", "on", "on", "0", "0.5", "**0.2**", "1.5",
+                                             "`run-a`"]
+    assert cells["shadow-off_dropout-on"] == ["shadow-off_dropout-on", "off", "on", "0", "**0.7**", "n/a", "**1.25**",
                                               "`run-b`"]
-    assert cells["shadow-off_dropout-off"] == ["shadow-off_dropout-off", "off", "off", "0.6", "0.3", "n/a", "n/a"]
+    assert cells["shadow-off_dropout-off"] == ["shadow-off_dropout-off", "off", "off", "0", "0.6", "0.3", "n/a",
+                                               "n/a"]
     # The real reference is the last row: its values, never bold, n/a where it has none.
     assert list(cells)[-1] == "*real reference*"
-    assert cells["*real reference*"] == ["*real reference*", "", "", "0.9", "0.05", "n/a", ""]
+    assert cells["*real reference*"] == ["*real reference*", "", "", "", "0.9", "0.05", "n/a", ""]
     assert "![shadow correction grid](ablation/shadow_correction.png)" in table
 
 
