@@ -124,4 +124,19 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
         raise
     run.finish("FINISHED")
     print(f"[ablation] wrote {ABLATION_MD} and {ABLATION_JSON}; logged to MLflow run {run.parent_id}")
+    _publish(root, summary)
     return summary
+
+
+def _publish(root, summary: dict[str, Any]) -> None:
+    """The report as Prefect artifacts: ablation.md, the per-variant table and the effects table."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_markdown_artifact(key="ablation-report", markdown=(root / ABLATION_MD).read_text(),
+                             description=f"MLflow parent run {summary['parent_run_id']}")
+    create_table_artifact(key="ablation-variants", table=summary["rows"], description="One row per variant")
+    effects = [{"metric": name, "effect": e["name"], "estimate": e["estimate"], "low": e["low"], "high": e["high"],
+                "verdict": e["verdict"], "seeds_needed": e["seeds_needed"]}
+               for name, entry in summary["effects"].items() for e in entry["effects"]]
+    if effects:
+        create_table_artifact(key="ablation-effects", table=effects, description="Effects with 95 % intervals")

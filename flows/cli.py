@@ -84,15 +84,36 @@ def promote(
     allow_unreproducible: bool = typer.Option(
         False, "--allow-unreproducible",
         help="Judge a challenger trained from uncommitted changes or with data not on the DVC remote (recorded)."),
+    approve: Optional[int] = typer.Option(None, "--approve", help="Approve version N: resume its paused promotion "
+                                                                   "(registry.gate.require_approval), or judge it now."),
+    reject: Optional[int] = typer.Option(None, "--reject", help="Reject version N in review (recorded like a gate "
+                                                                 "failure)."),
+    note: str = typer.Option("", help="The review's note (with --approve / --reject)."),
 ) -> None:
     """Judge the challenger against the champion (gate: params registry.gate); move champion only if it passes."""
     from flows.prefect_api import owned_prefect_api
     from flows.promote import decision_summary, promote_flow
 
+    review = None
+    if approve is not None or reject is not None:
+        if approve is not None and reject is not None:
+            raise SystemExit("give --approve N or --reject N, not both")
+        version = approve if approve is not None else reject
+        import getpass
+
+        review = {"approve": approve is not None, "reviewer": getpass.getuser(), "note": note}
     with owned_prefect_api():
+        if review is not None:
+            from flows.promote import approval_key, registry_settings
+            from flows.prefect_api import resume_paused
+
+            resumed = resume_paused(approval_key(registry_settings(_root())["model_name"], version), review)
+            if resumed:
+                typer.echo(f"resumed the paused promotion of version {version} (flow run {resumed}) with your review")
+                return
         try:
             outcome = promote_flow(project_dir=str(_root()), rollback=rollback, version=version,
-                                   allow_unreproducible=allow_unreproducible)
+                                   allow_unreproducible=allow_unreproducible, review=review)
         except LookupError as err:  # no challenger, no champion, nothing to roll back to: say what to do
             raise SystemExit(str(err)) from None
     if rollback:

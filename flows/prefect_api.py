@@ -147,3 +147,24 @@ def _wait_for_task_run(client: Any, task_run_id: UUID, timeout_s: float = 120.0)
                                    f"within {timeout_s:.0f} s: is the stage reporting to the run's server?") from None
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def resume_paused(pause_key: str, run_input: dict[str, Any]) -> str | None:
+    """Resume the flow run paused under `pause_key` with `run_input`; its id, or None when none waits.
+
+    Only flow runs on this API are found: a run paused on another process's ephemeral server is
+    not (use a shared server, PREFECT_API_URL, for reviews from another shell).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    with get_client(sync_client=True) as client:
+        paused = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+    for run in paused:
+        if run.state is not None and run.state.state_details.pause_key == pause_key:
+            resume_flow_run(run.id, run_input=run_input)
+            return str(run.id)
+    return None

@@ -75,7 +75,7 @@ def _retrain_locked(project_dir: str, stages: list[str] | None, force: bool, sta
                     allow_unreproducible: bool) -> dict:
     from components.params import load_params
     from components.versioning.stages import dvc_stages
-    from flows.promote import promote_challenger, register_trained_model, registry_settings
+    from flows.promote import judge_with_review, register_trained_model, registry_settings
 
     names = stages or dvc_stages(project_dir)
     unknown = sorted(set(names) - set(dvc_stages(project_dir)))
@@ -97,5 +97,22 @@ def _retrain_locked(project_dir: str, stages: list[str] | None, force: bool, sta
         outcome["registration"] = register_trained_model(project_dir)
     registration = outcome["registration"]
     if registration and registration["new"] and settings.get("promote", True):
-        outcome["promotion"] = promote_challenger(project_dir, registration["version"], allow_unreproducible)
+        outcome["promotion"] = judge_with_review(project_dir, registration["version"], allow_unreproducible)
+    publish_summary(project_dir, outcome)
     return outcome
+
+
+def publish_summary(project_dir: str, outcome: dict) -> None:
+    """The run's outcome as Prefect artifacts: a Markdown summary and the promotion's comparison table."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from components.layout import EVAL_GRIDS, EVAL_GRIDS_DIR
+    from components.tracking.review import comparison_rows, retrain_markdown
+
+    grids = [str(Path(project_dir) / EVAL_GRIDS_DIR / f"{name}.png") for name in EVAL_GRIDS]
+    create_markdown_artifact(key="retrain-summary", markdown=retrain_markdown(outcome, grids),
+                             description="Stages, data push, registration and the promotion decision")
+    promotion = outcome.get("promotion")
+    if promotion and promotion.get("compared"):
+        create_table_artifact(key="promotion-comparison", table=comparison_rows(promotion["compared"]),
+                              description=f"Version {promotion['version']} against the champion")

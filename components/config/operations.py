@@ -37,8 +37,12 @@ class GateConfig(ParamsModel):
         margins: absolute non-inferiority margins per metric (components.evaluation.noninferiority);
             a metric without one takes spread_multiple x its measured seed-to-seed SD, else
             max_regression x the champion's value.
-        spread_multiple: the margin in seed-to-seed standard deviations (default 2).
+        spread_multiple: the margin in seed-to-seed standard deviations (default 3).
         confidence: the level of the paired interval (default 0.95).
+        require_approval: a challenger that passes waits for a reviewer (Prefect UI, or
+            ``mesa promote --approve N``) before ``champion`` moves.
+        approval_timeout_h: how long the promote step waits for that review (then it fails and
+            nothing moves).
     """
 
     GROUP = "registry.gate"
@@ -48,8 +52,10 @@ class GateConfig(ParamsModel):
     floors: dict[str, float] = Field(default_factory=dict)
     ceilings: dict[str, float] = Field(default_factory=dict)
     margins: dict[str, float] = Field(default_factory=dict)
-    spread_multiple: NonNegativeFloat = 2.0
+    spread_multiple: NonNegativeFloat = 3.0
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    require_approval: StrictBool = False
+    approval_timeout_h: float = Field(default=24.0, gt=0.0, le=24.0 * 30)
 
     @field_validator("floors", "ceilings", "margins", mode="before")
     @classmethod

@@ -234,7 +234,8 @@ def _git_diff(project: Path) -> str | None:
 
 # ----------------------------------------------------------------------------- reproducibility
 def reproducibility_problems(run_tags: Mapping[str, str], workspace_hashes: Mapping[str, str],
-                             unpushed: Sequence[str] | None, inputs: Sequence[str]) -> list[str]:
+                             unpushed: Sequence[str] | None, inputs: Sequence[str],
+                             segments: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """Why a training run could not be reproduced from git and the DVC remote ([] when it can).
 
     Args:
@@ -244,6 +245,9 @@ def reproducibility_problems(run_tags: Mapping[str, str], workspace_hashes: Mapp
         inputs (Sequence[str]): the DVC outputs training reads (the train stage's deps): the ones
             whose versions must match the workspace's for its remote check to apply (the run's
             own outputs were older when it started).
+        segments (Sequence[Mapping]): the run's ``lineage.json`` records, one per training segment
+            (a resumed run trains on in a later segment, perhaps from other code): each must be
+            clean; without any, the run's tags (its first segment) decide.
         unpushed (Sequence[str] | None): the workspace's outputs the DVC remote lacks; None when
             the remote could not be asked.
 
@@ -251,12 +255,15 @@ def reproducibility_problems(run_tags: Mapping[str, str], workspace_hashes: Mapp
         list[str]: one sentence per problem, each saying what to do.
     """
     problems = []
-    commit, dirty = run_tags.get("mesa.git_commit"), run_tags.get("mesa.git_dirty")
-    if not commit or commit == UNKNOWN:
-        problems.append("no git commit is recorded for its training run: train inside a git checkout")
-    elif dirty != "false":
-        problems.append(f"it was trained from a tree with uncommitted changes (mesa.git_dirty={dirty}, commit "
-                        f"{commit[:7]}): commit the change and retrain")
+    states = [(str(r.get("git_commit")), str(r.get("git_dirty")), f" (segment to step {r.get('steps')})")
+              for r in segments] or [(str(run_tags.get("mesa.git_commit")), str(run_tags.get("mesa.git_dirty")), "")]
+    for commit, dirty, where in states:
+        if commit in ("None", "", UNKNOWN):
+            problems.append(f"no git commit is recorded for its training{where}: train inside a git checkout")
+        elif dirty != "false":
+            problems.append(f"it was trained from a tree with uncommitted changes{where} (git_dirty={dirty}, "
+                            f"commit {commit[:7]}): commit the change and retrain")
+    commit = states[-1][0]
     outs = {key[len("mesa.dvc."):]: value for key, value in run_tags.items()
             if key.startswith("mesa.dvc.") and key[len("mesa.dvc."):] in inputs}
     if not outs:

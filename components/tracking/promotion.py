@@ -17,17 +17,18 @@ caller allows otherwise, which is recorded.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from components.layout import DVC_LOCK, METRICS_REPORT, PIPELINE_DIR, PROMOTION_REPORT, RUN_RECORD, SEED_SPREAD
+from components.layout import (DVC_LOCK, METRICS_PER_CELL_FILE, METRICS_PER_CELL_REPORT, METRICS_REPORT,
+                               PIPELINE_DIR, PROMOTION_REPORT, RUN_RECORD, SEED_SPREAD)
 
 # (model URI, label) -> the evaluate stage's report of that model on the current held-out set
 Evaluate = Callable[[str, str], dict[str, Any]]
-PER_CELL_ARTIFACT = "evaluation/metrics_per_cell.parquet"  # logged by the evaluate stage
-EVALUATIONS_ARTIFACT = "evaluations"  # evaluations/<fingerprint>/ for a version evaluated again
+EVALUATIONS_ARTIFACT = "evaluations"  # evaluations/<fingerprint>/v<version>/: a version's per-cell table
 UNREPRODUCIBLE_TAG = "promotion.unreproducible_allowed"
+REVIEW_TAG = "promotion.review"
 N_BOOT = 1000
 
 
@@ -97,6 +98,7 @@ def register_trained(project_dir: str | Path, name: str, *, client: Any = None, 
     # Registering and naming the challenger are one step: a version a killed run left without its
     # alias is completed here, and counts as new so that the gate judges it.
     new = not registry.registration_complete(version)
+    log_per_cell(client, version, report.get("evaluation_fingerprint"), root / METRICS_PER_CELL_REPORT)
     if new:
         registry.complete_registration(client, name, version.version)
     state = ("registered (alias challenger)" if before is None else
@@ -139,18 +141,30 @@ def refresh_if_stale(client: Any, name: str, version: Any, fingerprint: str | No
         "metric code: evaluating it again")
     report = evaluate(f"models:/{name}/{version.version}", f"{name}-v{version.version}")
     registry.retag_evaluation(client, name, version.version, report)
-    if report.get("per_cell") and Path(report["per_cell"]).exists() and version.run_id:
-        client.log_artifact(version.run_id, report["per_cell"],
-                            f"{EVALUATIONS_ARTIFACT}/{report.get('evaluation_fingerprint')}")
+    if report.get("per_cell"):
+        log_per_cell(client, version, report.get("evaluation_fingerprint"), report["per_cell"])
     return report.get("evaluation_fingerprint")
 
 
-def per_cell_table(client: Any, run_id: str | None, fingerprint: str | None):
-    """The per-cell table of a version's evaluation with `fingerprint` (its training run's artifacts), or None.
+def per_cell_path(fingerprint: str, version: int | str) -> str:
+    """Where a version's per-cell evaluation lives on its training run: one folder per evaluation
+    and version (a resumed run logs several models, each a version of its own)."""
+    return f"{EVALUATIONS_ARTIFACT}/{fingerprint}/v{version}"
+
+
+def log_per_cell(client: Any, version: Any, fingerprint: str | None, table_path: str | Path) -> None:
+    """Keep `table_path` (a metrics_per_cell.parquet) as `version`'s per-cell evaluation with `fingerprint`."""
+    if version.run_id and fingerprint and Path(table_path).exists():
+        client.log_artifact(version.run_id, str(table_path), per_cell_path(fingerprint, version.version))
+
+
+def per_cell_table(client: Any, version: Any, fingerprint: str | None):
+    """The per-cell table of `version`'s evaluation with `fingerprint`, or None (evaluated before
+    per-cell tables were kept, or never on this evaluation).
 
     Args:
         client (mlflow.MlflowClient): a client on the project's store.
-        run_id (str | None): the version's training run.
+        version (ModelVersion | None): the version (its training run holds the table).
         fingerprint (str | None): the evaluation wanted.
     """
     import tempfile
@@ -158,20 +172,15 @@ def per_cell_table(client: Any, run_id: str | None, fingerprint: str | None):
     import mlflow.artifacts
     import pandas as pd
 
-    if not run_id or not fingerprint:
+    if version is None or not version.run_id or not fingerprint:
         return None
-    listed = lambda folder: {f.path for f in client.list_artifacts(run_id, folder)}  # noqa: E731
-    with tempfile.TemporaryDirectory() as folder:
-        def fetch(path: str):
-            return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=folder,
-                                                       tracking_uri=client.tracking_uri)
-        again = f"{EVALUATIONS_ARTIFACT}/{fingerprint}/metrics_per_cell.parquet"
-        if again in listed(f"{EVALUATIONS_ARTIFACT}/{fingerprint}"):
-            return pd.read_parquet(fetch(again))
-        if PER_CELL_ARTIFACT in listed("evaluation") and "evaluation/metrics.json" in listed("evaluation"):
-            if json.loads(Path(fetch("evaluation/metrics.json")).read_text()).get("evaluation_fingerprint") == fingerprint:
-                return pd.read_parquet(fetch(PER_CELL_ARTIFACT))
-    return None
+    folder = per_cell_path(fingerprint, version.version)
+    path = f"{folder}/{METRICS_PER_CELL_FILE}"
+    if path not in {f.path for f in client.list_artifacts(version.run_id, folder)}:
+        return None
+    with tempfile.TemporaryDirectory() as local:
+        return pd.read_parquet(mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path=path, dst_path=local, tracking_uri=client.tracking_uri))
 
 
 def seed_spread(project_dir: str | Path) -> dict[str, Any] | None:
@@ -205,8 +214,10 @@ def paired_checks(gate: Any, challenger, champion, champion_metrics: dict[str, d
     return checks
 
 
-def lineage_blockers(project_dir: str | Path, run_tags: dict[str, str], remote: str | None) -> list[str]:
-    """Why the training run behind a version cannot be reproduced from git and the DVC remote ([] if it can)."""
+def lineage_blockers(project_dir: str | Path, client: Any, run_id: str, remote: str | None) -> list[str]:
+    """Why the training run behind a version cannot be reproduced from git and the DVC remote ([] if it can):
+    every training segment's commit and dirty flag (its ``lineage/steps-N/lineage.json``), the
+    training inputs' data versions against the workspace's, and the remote."""
     from components.tracking.lineage import dvc_out_hashes, reproducibility_problems
     from components.versioning.stages import stage_inputs, unpushed_outputs
 
@@ -216,13 +227,33 @@ def lineage_blockers(project_dir: str | Path, run_tags: dict[str, str], remote: 
         unpushed: list[str] | None = unpushed_outputs(root, remote)
     except RuntimeError:
         unpushed = None
-    return [f"unreproducible: {problem}"
-            for problem in reproducibility_problems(run_tags, workspace, unpushed, stage_inputs(root, "train", workspace))]
+    problems = reproducibility_problems(client.get_run(run_id).data.tags, workspace, unpushed,
+                                        stage_inputs(root, "train", workspace), training_segments(client, run_id))
+    return [f"unreproducible: {problem}" for problem in problems]
+
+
+def training_segments(client: Any, run_id: str) -> list[dict[str, Any]]:
+    """The run's lineage.json records, one per training segment, in step order."""
+    import tempfile
+
+    import mlflow.artifacts
+
+    from components.tracking.lineage import SNAPSHOT_DIR, SNAPSHOT_RECORD
+
+    records = []
+    with tempfile.TemporaryDirectory() as local:
+        for folder in sorted(f.path for f in client.list_artifacts(run_id, SNAPSHOT_DIR) if f.is_dir):
+            if f"{folder}/{SNAPSHOT_RECORD}" in {f.path for f in client.list_artifacts(run_id, folder)}:
+                path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{folder}/{SNAPSHOT_RECORD}",
+                                                           dst_path=local, tracking_uri=client.tracking_uri)
+                records.append(json.loads(Path(path).read_text()))
+    return records
 
 
 def judge_challenger(project_dir: str | Path, client: Any, name: str, gate: Any, evaluate: Evaluate, *,
                      version: int | None = None, lock_path: str | Path | None = None,
                      allow_unreproducible: bool = False, remote: str | None = None,
+                     preview: bool = False, review: Mapping[str, Any] | None = None,
                      say: Callable[[str], None] = print) -> dict[str, Any]:
     """Judge the challenger (or `version`) against the champion with `gate`; move ``champion`` if it passes.
 
@@ -244,6 +275,11 @@ def judge_challenger(project_dir: str | Path, client: Any, name: str, gate: Any,
         lock_path (str | Path | None, default None): the file that serialises registry changes.
         allow_unreproducible (bool, default False): judge an unreproducible challenger anyway.
         remote (str | None, default None): the DVC remote to check (None: the default one).
+        preview (bool, default False): decide only (nothing recorded, no alias moves): what a
+            reviewer sees before approving.
+        review (Mapping | None, default None): a reviewer's answer ``{"approve", "reviewer",
+            "note"}``: a rejection fails the decision (recorded like a gate failure); either is
+            recorded on the version (``promotion.review``).
         say (Callable[[str], None], default print): progress lines.
 
     Returns:
@@ -264,29 +300,40 @@ def judge_challenger(project_dir: str | Path, client: Any, name: str, gate: Any,
     current = refresh_if_stale(client, name, challenger, current_fingerprint(root), evaluate, say)
     champion = registry.get_alias_version(client, name, registry.CHAMPION)
     refresh_if_stale(client, name, champion, current, evaluate, say)
-    problems = lineage_blockers(root, client.get_run(challenger.run_id).data.tags, remote) if challenger.run_id else [
+    problems = lineage_blockers(root, client, challenger.run_id, remote) if challenger.run_id else [
         "unreproducible: the version names no training run"]
-    if problems and allow_unreproducible:
+    if problems and allow_unreproducible and not preview:
         client.set_model_version_tag(name, challenger.version, UNREPRODUCIBLE_TAG,
                                      registry.truncate_tag("; ".join(problems)))
         say(f"[promote] judged although unreproducible (allowed): {'; '.join(problems)}")
     spread = seed_spread(root)
 
     def compare(judged, held):
-        tables = [per_cell_table(client, v.run_id, current) for v in (judged, held)]
+        tables = [per_cell_table(client, v, current) for v in (judged, held)]
         if any(t is None for t in tables):
             say("[promote] no per-cell evaluation for both versions: the relative check on their values decides")
             return {}
         return paired_checks(gate, *tables, registry.metrics_from_tags(held.tags or {}), spread)
 
+    blockers = [] if allow_unreproducible else list(problems)
+    review_tags = {}
+    if review is not None:
+        who = review.get("reviewer") or "a reviewer"
+        said = f"{'approved' if review.get('approve') else 'rejected'} by {who}" + (
+            f": {review['note']}" if review.get("note") else "")
+        review_tags = {REVIEW_TAG: said}
+        if not review.get("approve"):
+            blockers.insert(0, f"review: {said}")
     decision = registry.promote(client, name, gate, challenger.version, lock_path=lock_path, compare=compare,
-                                blockers=[] if allow_unreproducible else problems)
+                                blockers=blockers, dry_run=preview, extra_tags=review_tags)
     champion = registry.get_alias_version(client, name, registry.CHAMPION)
     outcome = {"model": name, "version": int(challenger.version), "promoted": decision.promote,
                "champion": None if champion is None else int(champion.version), "reasons": decision.reasons,
                "compared": decision.compared, "unreproducible": problems,
-               "unreproducible_allowed": bool(problems) and allow_unreproducible}
-    record_on_run(root, challenger.run_id, outcome)
+               "unreproducible_allowed": bool(problems) and allow_unreproducible,
+               "review": review_tags.get(REVIEW_TAG), "preview": preview}
+    if not preview:
+        record_on_run(root, challenger.run_id, outcome)
     return outcome
 
 

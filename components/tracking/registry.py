@@ -350,7 +350,7 @@ class PromotionGate:
             (None: all); floors and ceilings apply whatever this lists.
         margins (Mapping[str, float], default {}): absolute non-inferiority margins (see
             components.evaluation.noninferiority); used when both versions have per-cell tables.
-        spread_multiple (float, default 2.0): margin = this x the measured seed-to-seed SD.
+        spread_multiple (float, default 3.0): margin = this x the measured seed-to-seed SD.
         confidence (float, default 0.95): the paired interval's level.
     """
 
@@ -359,7 +359,7 @@ class PromotionGate:
     ceilings: Mapping[str, float] = field(default_factory=dict)
     metrics: tuple[str, ...] | None = None
     margins: Mapping[str, float] = field(default_factory=dict)
-    spread_multiple: float = 2.0
+    spread_multiple: float = 3.0
     confidence: float = 0.95
 
     @classmethod
@@ -511,7 +511,8 @@ def relative_worsening(direction: str, challenger: float, champion: float) -> fl
 def promote(client: Any, name: str, gate: PromotionGate, challenger_version: int | str | None = None,
             *, lock_path: str | Path | None = None,
             compare: Callable[[Any, Any], Mapping[str, Any]] | None = None,
-            blockers: Sequence[str] = ()) -> Decision:
+            blockers: Sequence[str] = (), dry_run: bool = False,
+            extra_tags: Mapping[str, str] | None = None) -> Decision:
     """Judge the challenger against the champion and, when it passes, make it the champion.
 
     The decision is recorded as tags on the challenger version (see the module docstring). When
@@ -534,6 +535,10 @@ def promote(client: Any, name: str, gate: PromotionGate, challenger_version: int
             relative check on the tagged values.
         blockers (Sequence[str], default ()): reasons the challenger may not be promoted whatever
             its metrics (e.g. lineage that cannot be reproduced); each becomes a failure.
+        dry_run (bool, default False): decide only: no tag is written and no alias moves (what a
+            reviewer is shown before approving).
+        extra_tags (Mapping[str, str] | None, default None): more tags for the judged version
+            with the decision (e.g. who approved it).
 
     Returns:
         Decision: what was decided and why.
@@ -552,7 +557,11 @@ def promote(client: Any, name: str, gate: PromotionGate, challenger_version: int
                           None if champion is None else metrics_from_tags(champion.tags or {}), checks)
         if blockers:
             decision = Decision(promote=False, reasons=[*blockers, *decision.reasons], compared=decision.compared)
+        if dry_run:
+            return decision
         _record_decision(client, name, challenger.version, decision, champion)
+        for key, value in (extra_tags or {}).items():
+            client.set_model_version_tag(name, challenger.version, key, truncate_tag(str(value)))
         if decision.promote:
             _crown(client, name, challenger.version, champion)
         return decision

@@ -4,8 +4,9 @@ Real DVC (`dvc exp run --temp -S` in temporary copies of a fresh git repository)
 project's SQLite store), real Prefect (the test harness server), the micro profile. The table's
 own logic has fast tests in tests/unit/test_ablation_table.py.
 
-Slow tier: the module's fixture ablates twice (four micro trainings, then a rerun DVC skips),
-about 5 minutes on 2 cores.
+Slow tier: the module's fixture ablates twice: four micro trainings two at a time (ablation.parallel
+2), then a rerun DVC skips, about 5 minutes on 2 cores. Replicates, intervals and parallel against
+sequential: test_replicates.py.
 """
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_micro_project
+from tests.conftest import commit_project, make_micro_project, set_params
 
 pytestmark = pytest.mark.slow
 
-VARIANTS = {"shadow-on_dropout-on", "shadow-on_dropout-off", "shadow-off_dropout-on", "shadow-off_dropout-off"}
+ARMS = ("shadow-on_dropout-on", "shadow-on_dropout-off", "shadow-off_dropout-on", "shadow-off_dropout-off")
+VARIANTS = {f"{arm}_seed-0" for arm in ARMS}
 EXPERIMENT = "mesa-ablation"
 
 
@@ -50,6 +52,8 @@ def ablated(tmp_path_factory, prefect_api):
 
     assert not os.environ.get("MLFLOW_TRACKING_URI"), "the test logs to the project's own SQLite store"
     root = make_micro_project(tmp_path_factory.mktemp("ablation-project"))
+    set_params(root, ablation__seeds=[0], ablation__parallel=2, ablation__threads_per_job=1)
+    commit_project(root, "one seed, two jobs at a time")
 
     # A champion that exists before the ablation: ablation runs must leave every alias alone.
     client = MlflowClient(tracking_uri(root))
@@ -58,7 +62,6 @@ def ablated(tmp_path_factory, prefect_api):
     version = client.create_model_version("mesa", source=str(root / "stand-in-model"))
     client.set_registered_model_alias("mesa", "champion", version.version)
     aliases_before = _aliases(client)
-    params_before = (root / "params.yaml").read_text()
 
     started = time.perf_counter()
     first = ablation_flow(project_dir=str(root))
@@ -69,9 +72,9 @@ def ablated(tmp_path_factory, prefect_api):
     started = time.perf_counter()
     second = ablation_flow(project_dir=str(root))
     second_s = time.perf_counter() - started
-    print(f"ablation: first {first_s:.0f} s, rerun {second_s:.0f} s")
+    print(f"ablation: first {first_s:.0f} s (two jobs at a time), rerun {second_s:.0f} s")
     return {"root": root, "client": client, "first": first, "second": second, "runs": runs_after_first,
-            "table": table_after_first, "aliases_before": aliases_before, "params_before": params_before}
+            "table": table_after_first, "aliases_before": aliases_before}
 
 
 def test_four_variants_train_as_tagged_runs_under_one_parent(ablated):
@@ -81,7 +84,8 @@ def test_four_variants_train_as_tagged_runs_under_one_parent(ablated):
     assert all(r.info.status == "FINISHED" for r in runs)
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {first["parent_run_id"]}
     for run in runs:
-        shadow, dropout = run.data.tags["mesa.variant"].replace("shadow-", "").split("_dropout-")
+        shadow, dropout = run.data.tags["mesa.arm"].replace("shadow-", "").split("_dropout-")
+        assert run.data.tags["mesa.seed"] == "0" and run.data.params["train.seed"] == "0"
         assert (run.data.tags["mesa.shadow"], run.data.tags["mesa.caption_dropout"]) == (shadow, dropout)
         # The params DVC ran it with reached the run: the variant is what was trained.
         assert run.data.params["shadow.enabled"] == json.dumps(shadow == "on")
@@ -94,6 +98,9 @@ def test_four_variants_train_as_tagged_runs_under_one_parent(ablated):
     assert parent.info.status == "FINISHED" and parent.info.experiment_id == runs[0].info.experiment_id
     assert set(json.loads(parent.data.tags["mesa.ablation.matrix"])) == VARIANTS
     assert all(entry["ran"] for entry in first["variants"])
+    # two jobs at a time: some variants' runs overlap in time
+    spans = sorted((r.info.start_time, r.info.end_time) for r in runs)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
 
     # DVC holds each variant as an experiment of the commit, with its params.
     shown = json.loads(subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=ablated["root"],
@@ -101,8 +108,8 @@ def test_four_variants_train_as_tagged_runs_under_one_parent(ablated):
     experiments = {e["name"]: e["revs"][0]["data"]["params"]["params.yaml"]["data"]
                    for row in shown for e in (row.get("experiments") or [])}
     assert set(experiments) == VARIANTS
-    assert experiments["shadow-off_dropout-on"]["shadow"]["enabled"] is False
-    assert experiments["shadow-off_dropout-on"]["captions"]["augmentation"]["caption_dropout"] is True
+    assert experiments["shadow-off_dropout-on_seed-0"]["shadow"]["enabled"] is False
+    assert experiments["shadow-off_dropout-on_seed-0"]["captions"]["augmentation"]["caption_dropout"] is True
     assert {e["train"]["mixed_precision"] for e in experiments.values()} == {"no"}
 
 
@@ -128,6 +135,11 @@ def test_the_comparison_table_has_every_metric_per_variant(ablated):
     assert "evaluation/metrics_per_cell.parquet" in {f.path for f in client.list_artifacts(some_run, "evaluation")}
     summary = json.loads((root / "reports/ablation.json").read_text())
     assert all(entry["validation_loss"] is not None for entry in summary["variants"])
+    # one training seed per arm: effects are estimated, and the report says why there is no interval
+    effect = summary["effects"]["heldout_denoising_loss"]["effects"][0]
+    assert effect["low"] is None and effect["verdict"] == "no interval: fewer than 2 training seeds in " + ", ".join(
+        ARMS)
+    assert "no interval: fewer than 2 training seeds" in table and not (root / "reports/seed_spread.json").exists()
 
     # The same table on the parent run, and the Markdown as its artifact.
     parent = client.get_run(first["parent_run_id"])
@@ -146,14 +158,14 @@ def test_the_shadow_correction_grid_shows_both_models(ablated):
     assert png.stat().st_size > 0
     layout = json.loads(manifest.read_text())
     labels = " ".join(layout["col_labels"])
-    assert "shadow-on_dropout-on" in labels and "shadow-off_dropout-on" in labels and len(layout["col_labels"]) == 2
+    assert "shadow-on_dropout-on_seed-0" in labels and "shadow-off_dropout-on_seed-0" in labels
+    assert len(layout["col_labels"]) == 2
     assert all(uri.startswith("models:/") for uri in layout["models"].values())
 
 
 def test_the_workspace_and_the_registry_are_left_alone(ablated):
     root = ablated["root"]
-    assert (root / "params.yaml").read_text() == ablated["params_before"]
-    assert _git(root, "status", "--porcelain", "--untracked-files=no") == ""
+    assert _git(root, "status", "--porcelain", "--untracked-files=no") == ""  # the experiments ran in copies
     assert not (root / "models/pipeline").exists()  # the experiments ran in temporary copies
     assert _aliases(ablated["client"]) == ablated["aliases_before"] == {"mesa": {"champion": 1}}
 
@@ -168,3 +180,4 @@ def test_a_rerun_trains_nothing_and_still_writes_the_table(ablated):
     table = (ablated["root"] / "reports/ablation.md").read_text()
     assert second["parent_run_id"] in table and len([ln for ln in table.splitlines() if ln.startswith("| shadow-")]) == 4
     assert second["rows"] == first["rows"]
+

@@ -307,14 +307,17 @@ def test_promotion_moves_champion_for_a_better_challenger_not_a_broken_one_then_
         champion_v1.tags["metric.heldout_denoising_loss"])
     # ... and was paired with the challenger on the new evaluation's per-cell table, logged on its run
     assert changed["promotion"]["compared"]["heldout_denoising_loss"]["margin_source"].startswith("default")
-    logged = client.list_artifacts(champion_v1.run_id, f"evaluations/{current}")
+    logged = client.list_artifacts(champion_v1.run_id, f"evaluations/{current}/v1")
     assert [f.path.rsplit("/", 1)[-1] for f in logged] == ["metrics_per_cell.parquet"]
+    # each version keeps its own per-cell evaluation, though a resumed run made several of them
+    assert changed["promotion"]["compared"]["heldout_denoising_loss"]["worse_by"] != 0
 
     # A challenger trained from uncommitted changes is refused whatever its numbers, unless allowed.
     set_params(project, train__steps=60)
     dirty = retrain(project_dir=str(project))
     assert not dirty["promotion"]["promoted"] and dirty["promotion"]["unreproducible"]
-    assert dirty["promotion"]["reasons"][0].startswith("unreproducible: it was trained from a tree with uncommitted")
+    assert dirty["promotion"]["reasons"][0].startswith("unreproducible: it was trained from a tree with uncommitted "
+                                                       "changes (segment to step 60)")
     allowed = promote_flow(project_dir=str(project), allow_unreproducible=True)
     assert allowed["unreproducible_allowed"] and "uncommitted" in client.get_model_version(
         "mesa", str(dirty["registration"]["version"])).tags["promotion.unreproducible_allowed"]

@@ -164,3 +164,12 @@ def test_gate_params_name_the_key_of_a_bad_margin_or_confidence():
         PromotionGate.from_params({"confidence": 1.5})
     gate = PromotionGate.from_config(GateConfig.from_params({"margins": {ACC: 0.05}, "spread_multiple": 3}))
     assert gate.margins == {ACC: 0.05} and gate.spread_multiple == 3.0 and gate.confidence == 0.95
+
+
+def test_every_training_segment_of_a_resumed_run_must_be_clean():
+    segments = [{"git_commit": "a" * 40, "git_dirty": "false", "steps": 12},
+                {"git_commit": "b" * 40, "git_dirty": "true", "steps": 36}]
+    problems = reproducibility_problems(CLEAN, WORKSPACE, [], ["data/samples"], segments)
+    assert problems == ["it was trained from a tree with uncommitted changes (segment to step 36) (git_dirty=true, "
+                        "commit bbbbbbb): commit the change and retrain"]
+    assert reproducibility_problems(CLEAN, WORKSPACE, [], ["data/samples"], segments[:1]) == []
