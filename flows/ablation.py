@@ -31,6 +31,8 @@ from components.evaluation import ablation_run
 from components.evaluation.ablation import Variant, shadow_grid_models
 from components.layout import ABLATION_JSON, ABLATION_MD
 
+VARIANT_DEPLOYMENT = "ablation-variant/mesa-ablation-variant"  # components.ops.deployments FLOWS
+
 
 @task(task_run_name="variant {variant.name}", cache_policy=NONE)
 def run_variant(variant: Variant, project_dir: str, experiment: str, parent_run_id: str, uri: str,
@@ -53,11 +55,47 @@ def run_variant(variant: Variant, project_dir: str, experiment: str, parent_run_
         slots.put(slot)
 
 
-def _visible_gpus() -> int:
-    """CUDA devices this process sees (0 on CPU machines)."""
-    import torch
+@task(task_run_name="variant {variant.name} on pool {pool}", cache_policy=NONE)
+def run_variant_on_pool(variant: Variant, pool: str, experiment: str, parent_run_id: str, uri: str, baseline: str,
+                        slots: queue.Queue, threads: int) -> dict[str, Any]:
+    """One variant as a flow run of the ablation-variant deployment, run by a worker of the pool
+    (ablation.work_pool): each worker's checkout must be at the baseline commit."""
+    from prefect.deployments import run_deployment
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    slot = slots.get()
+    try:
+        run = run_deployment(VARIANT_DEPLOYMENT, timeout=None, parameters={
+            "shadow": variant.shadow, "caption_dropout": variant.caption_dropout, "seed": variant.seed,
+            "experiment": experiment, "parent_run_id": parent_run_id, "uri": uri, "baseline": baseline,
+            "threads": threads}, job_variables={}, tags=["mesa", "ablation-variant"])
+    finally:
+        slots.put(slot)
+    if run.state is None or not run.state.is_completed():
+        raise ablation_run.VariantFailed(f"ablation variant {variant.name!r} failed on work pool {pool!r} (flow run "
+                                         f"{run.name}, {run.state.name if run.state else 'no state'}): see its log")
+    return {"variant": variant.name, "ran": True, "seconds": round(run.total_run_time.total_seconds(), 1),
+            "flow_run": str(run.id)}
+
+
+@flow(name="ablation-variant", log_prints=True)
+def ablation_variant_flow(project_dir: str, shadow: bool, caption_dropout: bool, seed: int, experiment: str,
+                          parent_run_id: str, uri: str, baseline: str, threads: int) -> dict[str, Any]:
+    """One variant job on the machine of the worker that runs it: `dvc exp run --temp` in its checkout of
+    the project (which must be at commit `baseline`), logging to the ablation's MLflow parent run."""
+    from components.tracking.lineage import git_state
+    from flows.prefect_api import current_api_url, stage_process_env
+
+    variant = Variant(shadow, caption_dropout, seed)
+    checked_out, _ = git_state(project_dir)
+    if checked_out != baseline:
+        raise RuntimeError(f"{project_dir} is at commit {checked_out[:7]}, the ablation at {baseline[:7]}: check out "
+                           f"{baseline[:7]} on this worker's machine (git fetch && git checkout {baseline[:7]})")
+    logger = get_run_logger()
+    env = ablation_run.variant_env(stage_process_env(current_api_url(), None), uri, parent_run_id, variant, baseline)
+    if threads > 0:
+        env = ablation_run.pin_job(env, threads, None)
+    return ablation_run.run_variant_experiment(project_dir, variant, experiment, env,
+                                               on_line=lambda line: logger.info("[%s] %s", variant.name, line))
 
 
 @flow(name="ablation", log_prints=True)
@@ -83,12 +121,13 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
         known = ablation_run.dvc_experiments(root, commit)
         parallel = int(run.settings.get("parallel") or 1)
         threads = ablation_run.threads_per_job(run.settings, os.cpu_count() or 1)
-        gpus = _visible_gpus()
+        pool = run.settings.get("work_pool")
+        gpus = 0 if pool else ablation_run.visible_gpus()
         slots: queue.Queue = queue.Queue()
         for slot in range(parallel):
             slots.put(slot)
         print(f"[ablation] up to {parallel} job(s) at once, {threads} CPU thread(s) each"
-              + (f", {gpus} GPU(s)" if gpus else ""))
+              + (f", {gpus} GPU(s)" if gpus else "") + (f", run by the workers of pool {pool!r}" if pool else ""))
         outcomes, futures = {}, {}
         for variant in run.variants:
             have = known.get(variant.name)
@@ -101,8 +140,13 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
             if have:
                 print(f"[ablation] {variant.name}: replacing the DVC experiment of the same name ({why})")
                 ablation_run.remove_dvc_experiment(root, variant.name)
-            futures[variant.name] = run_variant.submit(variant, str(root), run.experiment, run.parent_id, run.uri,
-                                                       commit, slots, threads, gpus)
+            if pool:  # each worker's machine: its own cores unless threads_per_job says otherwise
+                futures[variant.name] = run_variant_on_pool.submit(variant, pool, run.experiment, run.parent_id,
+                                                                   run.uri, commit, slots,
+                                                                   int(run.settings.get("threads_per_job") or 0))
+            else:
+                futures[variant.name] = run_variant.submit(variant, str(root), run.experiment, run.parent_id,
+                                                           run.uri, commit, slots, threads, gpus)
         outcomes.update({name: future.result() for name, future in futures.items()})
 
         # 3. Collect every variant's evaluation and validation loss from its training run.

@@ -136,11 +136,14 @@ def ablation_command(
     project: Optional[Path] = typer.Option(None, help="Project folder (default: the one holding params.yaml, "
                                                       "searched upwards from here)."),
 ) -> None:
-    """The shadow correction x caption dropout matrix (params.yaml `ablation`) as DVC experiments, compared in MLflow.
+    """Shadow correction x caption dropout x training seeds (params.yaml `ablation`) as DVC experiments, compared in MLflow.
 
-    Each variant is a `dvc exp run --temp` of the current commit; a rerun skips what DVC already has.
+    Each variant (an arm with one training seed) is a `dvc exp run --temp` of the current commit, up to
+    ablation.parallel at once; a rerun skips what DVC already has.
 
-    Writes reports/ablation.md, reports/ablation.json and the shadow-correction grid (reports/ablation/).
+    Writes reports/ablation.md and .json (each effect with a 95 % interval and a verdict), the forest
+    plot and the shadow-correction grid (reports/ablation/), and reports/seed_spread.json (the
+    promotion gate's margins).
     """
     from components.evaluation.ablation_run import VariantFailed
     from components.layout import ABLATION_JSON, ABLATION_MD
@@ -160,7 +163,12 @@ def ablation_command(
     typer.echo("\nVariants:")
     for entry in summary["variants"]:
         state = "trained" if entry["ran"] else "already in DVC, skipped"
-        typer.echo(f"  {entry['variant']:22s} {state:24s} MLflow run {entry['run_id']}")
+        typer.echo(f"  {entry['variant']:30s} {state:24s} MLflow run {entry['run_id']}")
+    typer.echo("\nEffects (difference [95 % interval]: verdict):")
+    for metric, analysis in summary["effects"].items():
+        for effect in analysis["effects"]:
+            bounds = (f"[{effect['low']:.3g}, {effect['high']:.3g}]" if effect["low"] is not None else "")
+            typer.echo(f"  {metric:36s} {effect['name']:36s} {effect['estimate']:+.3g} {bounds}: {effect['verdict']}")
     typer.echo(f"\nDone in {time.perf_counter() - started:.0f} s. Comparison: {root / ABLATION_MD} "
                f"(and {ABLATION_JSON.name}); grid: {summary['grid'] or 'none'}; MLflow parent run "
                f"{summary['parent_run_id']} in experiment {summary['experiment']!r} (`mlflow ui --backend-store-uri "

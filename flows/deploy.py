@@ -25,7 +25,7 @@ def deployment_specs(project_dir: str | Path, params: dict[str, Any] | None = No
     Args:
         project_dir (str | Path): the project root (holds params.yaml); runs get it as `project_dir`.
         params (dict, optional): params.yaml already loaded; default: read from `project_dir`.
-        flows (list[str], optional): a subset of "retrain", "ablation", "promote"; default: all three.
+        flows (list[str], optional): a subset of "retrain", "ablation", "promote", "ablation-variant"; default: all.
     """
     from components.config import DeployConfig
     from components.ops import deployments
@@ -98,7 +98,7 @@ def deploy_command(
     work_pool: Optional[str] = typer.Option(None, "--work-pool", help="Work pool name (implies --pool; "
                                             "default: params deploy.work_pool, mesa-process)."),
     flow: Optional[list[str]] = typer.Option(None, "--flow", help="Deploy only these flows (repeatable: retrain, "
-                                             "ablation, promote; default all three)."),
+                                             "ablation, promote, ablation-variant; default all)."),
     server_port: int = typer.Option(LOCAL_PORT, help="Port of the local Prefect server looked for (and, when "
                                     "serving, started) if PREFECT_API_URL is not set."),
     limit: Optional[int] = typer.Option(None, help="Served mode: at most this many flow runs at once."),

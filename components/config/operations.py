@@ -133,6 +133,8 @@ class AblationConfig(ParamsModel):
         parallel: variant x seed jobs run at once (one per GPU where there are GPUs).
         threads_per_job: CPU threads each job's processes use (None: the machine's cores / parallel);
             the same number gives the same results whether the jobs run in parallel or one by one.
+        work_pool: run each job as a flow run of the ablation-variant deployment on this Prefect
+            work pool (its workers, on any machines, run them); None: on this machine.
     """
 
     GROUP = "ablation"
@@ -142,6 +144,7 @@ class AblationConfig(ParamsModel):
     seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0], min_length=1)
     parallel: Count = 1
     threads_per_job: Optional[Count] = None
+    work_pool: Optional[NonBlank] = None
     experiment: Optional[str] = "mesa-ablation"
 
     @field_validator("seeds")

@@ -228,6 +228,13 @@ def threads_per_job(settings: Mapping[str, Any], cpu_count: int) -> int:
     return max(1, cpu_count // max(1, int(settings.get("parallel") or 1)))
 
 
+def visible_gpus() -> int:
+    """CUDA devices this process sees (0 on CPU machines)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def pin_job(env: Mapping[str, str], threads: int, gpu: int | None) -> dict[str, str]:
     """`env` with the job's thread count and, on a GPU machine, only its own GPU visible.
 

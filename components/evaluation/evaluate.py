@@ -33,6 +33,7 @@ class Pairs:
     seeds: list[int] = field(default_factory=list)
     cell_ids: list[str] = field(default_factory=list)
     descriptors: list[dict] = field(default_factory=list)  # per real cell (what its caption was built from)
+    rgb_shadow: np.ndarray | None = None  # real pairs: the shadow-corrected image (the plain one where none)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -52,14 +53,16 @@ def held_out_pairs(sample_shards: Sequence[str | Path], split: str, limit: int |
     from components.captions.builder import build_caption
     from components.samples.shards import DESCRIPTOR_COLUMNS, read_sample_shard
 
-    rgb, dem, captions, landform, group, ids, described = [], [], [], [], [], [], []
+    rgb, shadow, dem, captions, landform, group, ids, described = [], [], [], [], [], [], [], []
+    display = lambda stored: np.rint(stored.astype(np.float64) / 65535.0 * 255.0).astype(np.uint8)  # noqa: E731
     for path in sorted(str(p) for p in sample_shards):
-        for row in read_sample_shard(path, columns=["sample_id", "split", "dem_mean_m", "rgb", "dem",
+        for row in read_sample_shard(path, columns=["sample_id", "split", "dem_mean_m", "rgb", "rgb_shadow", "dem",
                                                     *DESCRIPTOR_COLUMNS]):
             if row["split"] != split:
                 continue
             descriptors = {c: row[c] for c in DESCRIPTOR_COLUMNS}
-            rgb.append(np.rint(row["rgb"].astype(np.float64) / 65535.0 * 255.0).astype(np.uint8))
+            rgb.append(display(row["rgb"]))
+            shadow.append(display(row["rgb_shadow"]) if row.get("rgb_shadow") is not None else rgb[-1])
             dem.append(row["dem"].astype(np.float32) + np.float32(row["dem_mean_m"]))
             captions.append(build_caption(descriptors))
             landform.append(descriptors.get("landform_local_short"))
@@ -73,7 +76,8 @@ def held_out_pairs(sample_shards: Sequence[str | Path], split: str, limit: int |
     if not ids:
         raise ValueError(f"no {split!r} samples in {list(sample_shards)}: run the prepare stage (or lower the "
                          "test share's floor)")
-    return Pairs(np.stack(rgb), np.stack(dem), captions, landform, group, cell_ids=ids, descriptors=described)
+    return Pairs(np.stack(rgb), np.stack(dem), captions, landform, group, cell_ids=ids, descriptors=described,
+                 rgb_shadow=np.stack(shadow))
 
 
 def generate_for_cells(generate: Generate, cells: Pairs, seeds: Sequence[int], at_least: int = 60,

@@ -103,6 +103,7 @@ def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping
         landform_balanced_accuracy_shuffled_captions=evaluate.json_number(
             shuffled["landform_balanced_accuracy"]),
         landform_chance=evaluate.json_number(model["landform_chance"]),
+        rgb_dem_coherence_real_by_variant=coherence_by_variant(held_out, pixel),
         **{key: evaluate.json_number(value) for key, value in paper_words.items()})
 
     # 2. Grids, each a PNG and its layout manifest.
@@ -133,6 +134,19 @@ def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping
              f"{model['landform_chance']:.3f}, captions shuffled {shuffled['landform_balanced_accuracy']:.3f}) -> "
              f"{reports / METRICS_FILE}, {reports / EVAL_MD}")
     return {**report, "grids": {k: str(v) for k, v in paths.items()}, "per_cell": str(reports / METRICS_PER_CELL_FILE)}
+
+
+def coherence_by_variant(held_out, pixel: float) -> dict[str, float | None]:
+    """The real reference of rgb_dem_coherence for both image variants of the held-out cells: the
+    plain L2A image (the metrics table's reference, whatever the model was trained on) and the
+    shadow-corrected one (what a shadow-corrected model should approach)."""
+    import numpy as np
+
+    from components.evaluation.metrics import rgb_dem_correlations
+
+    images = {"plain_l2a": held_out.rgb, "shadow_corrected": held_out.rgb_shadow}
+    return {name: evaluate.json_number(float(np.mean(rgb_dem_correlations(rgb, held_out.dem_m, pixel))))
+            if rgb is not None and len(rgb) else None for name, rgb in images.items()}
 
 
 def per_generation_tables(generated, held_out, training, pixel: float,
@@ -217,6 +231,11 @@ def markdown_report(report: Mapping[str, Any], grid_paths: Mapping[str, Path], r
               f"{_cell(report['landform_chance'])}. Held-out denoising loss with the captions shuffled "
               f"(control): {_cell(report['heldout_denoising_loss_shuffled_captions'])}; a model that reads "
               "its captions has a lower loss with its own.", "",
+              ("RGB-DEM coherence of the real held-out pairs by image variant: plain L2A "
+               f"{_cell((report.get('rgb_dem_coherence_real_by_variant') or {}).get('plain_l2a'))} (the table's "
+               "reference), shadow-corrected "
+               f"{_cell((report.get('rgb_dem_coherence_real_by_variant') or {}).get('shadow_corrected'))} (what "
+               "a model trained on shadow-corrected images should approach)."), "",
               ("Landform adherence in the paper's words: the same held-out captions saying \"mountains\" where "
                "they said \"low mountains\" or \"high mountains\" (the paper's prompts name four landforms), "
                "each scored at the level it names, so a request for mountains is met by either mountain class: "

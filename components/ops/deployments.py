@@ -30,7 +30,12 @@ FLOWS: dict[str, tuple[str, str]] = {
                  "Shadow correction x caption dropout as DVC experiments, compared in MLflow."),
     "promote": ("flows/promote.py:promote_flow",
                 "The promotion gate: move `champion` to the challenger if it passes (or roll back)."),
+    "ablation-variant": ("flows/ablation.py:ablation_variant_flow",
+                         "One ablation variant x seed (`dvc exp run --temp`) on a worker's checkout, for "
+                         "ablations spread over a work pool (ablation.work_pool)."),
 }
+# Runs of these may overlap: each works in a temporary copy of the repository (DVC's --temp).
+CONCURRENT_FLOWS = ("ablation-variant",)
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,8 @@ class DeploymentSpec:
         work_pool: the work pool it is registered for in `--pool` mode.
         tags: labels for filtering in the UI.
         concurrency_limit: runs of this deployment at once (1: a run that comes due while one is
-            running waits in the queue; the flows share the project's data, models and registry).
+            running waits in the queue; the flows share the project's data, models and registry;
+            None: no limit, for ablation variants, which run in copies).
     """
 
     flow_name: str
@@ -60,7 +66,7 @@ class DeploymentSpec:
     description: str
     work_pool: str
     tags: tuple[str, ...] = field(default=("mesa",))
-    concurrency_limit: int = 1
+    concurrency_limit: int | None = 1
 
     @property
     def full_name(self) -> str:
@@ -78,10 +84,10 @@ def deployment_specs(project_dir: str | Path, deploy: dict[str, Any], flows: lis
     Args:
         project_dir (str | Path): the project root; runs get it as `project_dir`.
         deploy (dict): the ``deploy`` group (``retrain_cron``, ``timezone``, ``work_pool``), checked.
-        flows (list[str] | None, default None): a subset of "retrain", "ablation", "promote"; None: all three.
+        flows (list[str] | None, default None): a subset of ``FLOWS``' names; None: all of them.
 
     Raises:
-        ValueError: a flow name that is not one of the three.
+        ValueError: a flow name that is not in ``FLOWS``.
     """
     root = Path(project_dir).resolve()
     cron = deploy.get("retrain_cron")
@@ -99,6 +105,7 @@ def deployment_specs(project_dir: str | Path, deploy: dict[str, Any], flows: lis
             cron=str(cron) if scheduled else None,
             timezone=str(deploy.get("timezone") or "UTC") if scheduled else None,
             description=description, work_pool=str(deploy.get("work_pool") or "mesa-process"),
+            concurrency_limit=None if flow_name in CONCURRENT_FLOWS else 1,
         ))
     return specs
 

@@ -7,8 +7,8 @@ the evaluate settings or the metric code changed) is evaluated again first, by t
 callback the caller passes (flows/promote.py runs the evaluate stage's flow).
 
 Gated metrics with a per-cell form are compared pair by pair on both versions' per-cell tables
-(``evaluation/metrics_per_cell.parquet`` on the training run, or ``evaluations/<fingerprint>/`` for
-a version evaluated again): the challenger passes when the worse end of the paired interval is
+(kept on the version's training run under ``evaluations/<fingerprint>/v<N>/`` when it is
+registered or evaluated again): the challenger passes when the worse end of the paired interval is
 within the metric's margin (:mod:`components.evaluation.noninferiority`; margins from params, the
 seed spread an ablation measured in ``reports/seed_spread.json``, or the documented default).
 The challenger's lineage must be reproducible (committed tree, data on the DVC remote) unless the

@@ -74,7 +74,7 @@ def _resume_when_paused(key: str, answer: dict, timeout_s: float = 120.0) -> str
 
 
 def _champion(client) -> str:
-    return client.get_registered_model("mesa").aliases["champion"]
+    return str(client.get_registered_model("mesa").aliases["champion"])
 
 
 def test_a_passing_challenger_waits_for_a_reviewer_and_moves_champion_only_when_approved(project, prefect_api):

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from components.params import load_params
-from tests.conftest import PROJECT_ROOT, make_micro_project
+from tests.conftest import PROJECT_ROOT, commit_project, make_micro_project, set_params
 
 PROJECT_FILES = ["params.yaml", "dvc.yaml", "prefect.yaml", "configs", "components", "flows", "infra",
                  ".dvc/config", ".dvcignore", ".gitignore"]
@@ -111,13 +111,15 @@ def test_prefect_yaml_matches_the_deployment_definitions():
     specs = deployment_specs(PROJECT_ROOT)
     params = load_params(PROJECT_ROOT)["deploy"]
 
-    assert sorted(declared) == sorted(s.name for s in specs) == ["mesa-ablation", "mesa-promote", "mesa-retrain"]
+    assert sorted(declared) == sorted(s.name for s in specs) == ["mesa-ablation", "mesa-ablation-variant",
+                                                                 "mesa-promote", "mesa-retrain"]
     for spec in specs:
         entry = declared[spec.name]
         assert entry["entrypoint"] == spec.entrypoint
         assert entry["work_pool"]["name"] == spec.work_pool == params["work_pool"]
         assert entry["parameters"] == {"project_dir": "{{ prefect.variables.mesa_project_dir }}"}
-        assert entry["concurrency_limit"] == spec.concurrency_limit == 1  # runs share the workspace
+        # runs share the workspace; ablation variants run in temporary copies, any number at once
+        assert entry["concurrency_limit"] == spec.concurrency_limit == (None if spec.name.endswith("variant") else 1)
         # Each entrypoint names a Prefect flow with the spec's flow name (deployments are <flow>/<name>).
         path, _, function = spec.entrypoint.partition(":")
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
@@ -207,3 +209,34 @@ def test_a_process_worker_runs_the_work_pool_deployment(project, prefect_api, tm
         flow_run = trigger_synth(project)
         assert_synth_ran(flow_run, project, log)
     assert flow_run.work_pool_name == "mesa-process" and str(flow_run.id) in log.read_text()
+
+
+@pytest.mark.slow
+def test_two_workers_of_a_work_pool_run_an_ablations_variants(project, prefect_api, tmp_path):
+    """Slow tier: an ablation of two variants with ablation.work_pool set, run by two process workers
+    (one job each, as on two machines), about 4 minutes on 2 cores."""
+    import json
+
+    from flows.ablation import ablation_flow
+
+    env = process_env(prefect_api)
+    done = subprocess.run([str(BIN / "mesa"), "deploy", "--pool", "--flow", "ablation-variant"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    deployment = read_deployment("ablation-variant/mesa-ablation-variant", project)
+    assert deployment is not None and deployment.global_concurrency_limit is None
+    set_params(project, ablation__shadow=[True, False], ablation__caption_dropout=[True], ablation__seeds=[0],
+               ablation__parallel=2, ablation__threads_per_job=1, ablation__work_pool="mesa-process")
+    commit_project(project, "an ablation for the pool")
+    logs = [tmp_path / "worker-1.log", tmp_path / "worker-2.log"]
+    worker = [str(BIN / "prefect"), "worker", "start", "--pool", "mesa-process", "--type", "process", "--limit", "1"]
+    with background(worker, tmp_path, env, logs[0]), background(worker, tmp_path, env, logs[1]):
+        summary = ablation_flow(project_dir=str(project))
+    ran = {entry["variant"]: entry for entry in summary["variants"]}
+    assert set(ran) == {"shadow-on_dropout-on_seed-0", "shadow-off_dropout-on_seed-0"}
+    assert all(entry["ran"] and entry["run_id"] and entry["metrics"] for entry in ran.values())
+    # each worker ran one of the two flow runs (each takes one at a time: --limit 1)
+    flow_runs = [entry["flow_run"] for entry in ran.values()]
+    texts = [log.read_text() for log in logs]
+    assert sorted(sum(run in text for run in flow_runs) for text in texts) == [1, 1], texts
+    assert json.loads((project / "reports/ablation.json").read_text())["parent_run_id"] == summary["parent_run_id"]

@@ -52,6 +52,11 @@ def test_evaluate_writes_metrics_report_and_grids_for_an_untrained_model(prepare
     # The paper's landform words: reported with their own chance (four words, or fewer on micro).
     assert 0 < metrics["landform_chance_paper_words"] <= 1 and "paper's words" in markdown
     assert metrics["caption_grammar"] >= 2 and metrics["dem_rule"] >= 1
+    # coherence's real reference for both image variants: the synthetic world's L1C keeps the terrain's
+    # shading and its L2A is terrain-flattened, so the corrected images follow the DEM far more
+    by_variant = metrics["rgb_dem_coherence_real_by_variant"]
+    assert by_variant["plain_l2a"] == metrics["metrics"]["rgb_dem_coherence"]["real_reference"]
+    assert by_variant["shadow_corrected"] > by_variant["plain_l2a"] + 0.1 and "shadow-corrected" in markdown
     # Every generation and every real held-out pair, one row each, keyed by (cell, seed).
     import pandas as pd
 
