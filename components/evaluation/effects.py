@@ -1,12 +1,21 @@
-"""Replicated comparisons: arm means, factor effects and verdicts with hierarchical bootstrap intervals.
+"""Replicated comparisons: arm means, factor effects and verdicts with intervals over seeds and cells.
 
 An ablation trains each arm (a variant of the matrix) with several training seeds and evaluates
 every model on the same held-out cells and sampling seeds. Two sources of noise move a number:
 the training seed (0.33 to 0.51 landform accuracy for one configuration on the demo world) and
-which cells were held out. The bootstrap here resamples both, in that order: each repetition
-draws one resample of the held-out cells, shared by every arm (paired: what the cells have in
-common cancels between arms), and for each arm its training seeds with replacement; an arm's
-value is the mean over its drawn seeds of the statistic on the drawn cells.
+which cells were held out. A contrast of arm means (``sum_k c_k * mean_k``) gets both:
+
+- **training seeds**: from each arm's per-seed values (the statistic on all cells) by their sample
+  variance, ``V_seed = sum_k c_k^2 s_k^2 / n_k``, with Welch-Satterthwaite degrees of freedom.
+  With 2 to 4 seeds a bootstrap over seeds would badly understate this spread (two seeds resampled
+  give three possible means); the t quantile of few degrees of freedom does not.
+- **held-out cells**: a bootstrap over cells, one resample shared by every arm and seed (paired:
+  what the cells have in common cancels between arms); ``V_cell`` is the variance of the contrast
+  over the resamples (set-level statistics recomputed on each).
+
+The interval is ``estimate +- t(level, df) * sqrt(V_seed + V_cell)``, df by Welch-Satterthwaite
+over both parts (the cells' part with cells - 1). tests/unit/test_effects.py checks its coverage
+by simulation.
 
 Effects of a 2x2 design (factors A and B, levels on/off):
 
@@ -30,7 +39,8 @@ import pandas as pd
 
 from components.evaluation.per_cell import MIN_CELLS, Interval
 
-__all__ = ["Arm", "Effect", "arm_summaries", "contrasts", "factor_effects", "replicate_analysis", "verdict"]
+__all__ = ["Arm", "Effect", "arm_summaries", "coefficients", "contrasts", "factor_effects", "replicate_analysis",
+           "verdict"]
 
 Statistic = Callable[[pd.DataFrame], float]
 NO_DIFFERENCE = "no detectable difference"
@@ -97,12 +107,15 @@ def _check(arms: Sequence[Arm]) -> str:
 
 
 class _Draws:
-    """The hierarchical bootstrap of the module docstring, drawn once for a set of arms: each
-    repetition's arm means, from which any contrast's interval follows (the arm summaries, the main
-    effects and the interaction all share the same resamples)."""
+    """The two variance parts of the module docstring for a set of arms, computed once: any linear
+    contrast of the arm means then has its interval (the arm summaries, the main effects and the
+    interaction share the same cell resamples)."""
 
     def __init__(self, arms: Sequence[Arm], statistic: Statistic, n_boot: int, seed: int):
-        self.means = {a.name: float(np.mean([statistic(t) for t in a.tables.values()])) for a in arms}
+        self.arms = list(arms)
+        self.per_seed = {a.name: np.asarray([statistic(t) for t in a.tables.values()], dtype=np.float64)
+                         for a in arms}
+        self.means = {name: float(values.mean()) for name, values in self.per_seed.items()}
         resampler = _Resampler(arms)
         self.cells = len(resampler.cells)
         self.note = _check(arms) or (f"{self.cells} held-out cells in common: too few for an interval "
@@ -113,31 +126,46 @@ class _Draws:
         rng = np.random.default_rng(seed)
         for _ in range(n_boot):
             draw = rng.integers(0, self.cells, self.cells)
-            boot = {}
-            for arm in arms:
-                seeds = list(arm.tables)
-                chosen = rng.choice(seeds, size=len(seeds), replace=True)
-                # a seed drawn twice is the same statistic twice: computed once
-                value = {int(s): statistic(resampler.take(arm, int(s), draw)) for s in set(chosen.tolist())}
-                boot[arm.name] = float(np.mean([value[int(s)] for s in chosen]))
-            self.repetitions.append(boot)
+            self.repetitions.append({arm.name: float(np.mean([statistic(resampler.take(arm, s, draw))
+                                                              for s in arm.tables])) for arm in arms})
 
     def interval(self, contrast: Callable[[dict[str, float]], float], level: float) -> Interval:
+        from scipy.stats import t as student_t
+
         estimate = float(contrast(self.means))
         if self.note:
             return Interval(estimate, np.nan, np.nan, level, self.cells, 0, self.note)
-        values = [contrast(boot) for boot in self.repetitions]
-        finite = np.asarray([v for v in values if np.isfinite(v)])
-        if len(finite) < 0.9 * len(values):
+        values = np.asarray([contrast(boot) for boot in self.repetitions], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        seed_terms = [coefficient ** 2 * self.per_seed[name].var(ddof=1) / len(self.per_seed[name])
+                      for name, coefficient in coefficients(self.arms, contrast).items() if coefficient]
+        if len(finite) < 0.9 * len(values) or not all(np.isfinite(seed_terms)) or not np.isfinite(estimate):
             return Interval(estimate, np.nan, np.nan, level, self.cells, len(finite),
-                            f"the statistic was undefined on {len(values) - len(finite)} of {len(values)} resamples")
-        low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
-        return Interval(estimate, float(low), float(high), level, self.cells, len(finite))
+                            f"the statistic was undefined on {len(values) - len(finite)} of {len(values)} resamples "
+                            "or on a training seed")
+        cell_variance = float(finite.var(ddof=1))
+        seed_variance = float(sum(seed_terms))
+        total = seed_variance + cell_variance
+        if total <= 0:
+            return Interval(estimate, estimate, estimate, level, self.cells, len(finite))
+        freedom = [(term, len(self.per_seed[name]) - 1) for term, name in zip(
+            seed_terms, [n for n, c in coefficients(self.arms, contrast).items() if c])]
+        denominator = sum(term ** 2 / df for term, df in freedom) + cell_variance ** 2 / max(1, self.cells - 1)
+        df = total ** 2 / denominator if denominator > 0 else np.inf
+        half = float(student_t.ppf((1 + level) / 2, df)) * float(np.sqrt(total))
+        return Interval(estimate, estimate - half, estimate + half, level, self.cells, len(finite))
+
+
+def coefficients(arms: Sequence[Arm], contrast: Callable[[dict[str, float]], float]) -> dict[str, float]:
+    """Each arm's coefficient c_k in a linear contrast of arm means (read off unit vectors)."""
+    zero = {a.name: 0.0 for a in arms}
+    base = contrast(zero)
+    return {a.name: float(contrast({**zero, a.name: 1.0}) - base) for a in arms}
 
 
 def _bootstrap(arms: Sequence[Arm], statistic: Statistic, contrast: Callable[[dict[str, float]], float],
                n_boot: int, seed: int, level: float) -> Interval:
-    """Interval of ``contrast(arm means)`` by the hierarchical bootstrap of the module docstring."""
+    """Interval of ``contrast(arm means)`` over training seeds and held-out cells (module docstring)."""
     return _Draws(arms, statistic, n_boot, seed).interval(contrast, level)
 
 

@@ -2,8 +2,9 @@
 with its verdict, the seed-to-seed spread, and how many seeds an effect of a given size needs.
 
 An ablation trains every arm with several seeds and evaluates every model on the same held-out
-cells (``reports/metrics_per_cell.parquet`` of each run). :func:`analyse` runs the hierarchical
-bootstrap of :mod:`components.evaluation.effects` on those tables; :func:`markdown` and
+cells (``reports/metrics_per_cell.parquet`` of each run). :func:`analyse` gives the intervals of
+:mod:`components.evaluation.effects` (training seeds by their spread, held-out cells by a paired
+bootstrap) on those tables; :func:`markdown` and
 :func:`forest_plot` draw the result; :func:`spread_record` is what ``reports/seed_spread.json``
 holds for the promotion gate's margins.
 
@@ -73,10 +74,9 @@ def seeds_needed(sd: float | None, effect: float, coefficient_squares: float = 2
 
 
 def _coefficient_squares(arms: Sequence[Arm], contrast_name: str) -> float:
-    """sum c_k^2 of a named contrast (it is linear in the arm means: read it off unit vectors)."""
+    """sum c_k^2 of a named contrast."""
     contrast = dict(effects_module.contrasts(arms))[contrast_name]
-    zero = {a.name: 0.0 for a in arms}
-    return float(sum((contrast({**zero, a.name: 1.0}) - contrast(zero)) ** 2 for a in arms))
+    return float(sum(c ** 2 for c in effects_module.coefficients(arms, contrast).values()))
 
 
 def analyse(arms: Sequence[Arm], directions: Mapping[str, str], metrics: Sequence[str] | None = None,
@@ -136,10 +136,11 @@ def markdown(analysis: Mapping[str, Mapping[str, Any]], forest: str | None = Non
     if not analysis:
         return ("## Effects\n\nNo per-cell evaluation came back from the variants' runs: no intervals "
                 "(rerun the ablation after the evaluate stage writes metrics_per_cell.parquet).\n")
-    lines = ["## Effects (training seeds and held-out cells resampled)", "",
+    lines = ["## Effects (over training seeds and held-out cells)", "",
              "Each arm: the mean over its training seeds with a 95 % interval. Each effect: the difference "
-             "with a 95 % interval from a hierarchical bootstrap (training seeds, then held-out cells, the same "
-             "cells for every arm). Verdicts read the interval: better / worse when it excludes 0. "
+             "with a 95 % interval that counts both the training seeds' spread (t quantile of their few degrees "
+             "of freedom) and the held-out cells' (a bootstrap, the same cells for every arm). Verdicts read "
+             "the interval: better / worse when it excludes 0. "
              "Seeds needed: training seeds per arm to confirm an effect of the estimated size (80 % power, "
              "training-seed spread only; held-out cells add to it).", ""]
     if forest:

@@ -81,3 +81,24 @@ def test_design_errors_and_verdicts():
     # one factor varied: its main effect only, no interaction
     two = [a for a in arms if a.levels["caption_dropout"]]
     assert [e.name for e in factor_effects(two, _mean_x, "higher_is_better", n_boot=200)] == ["shadow on - off"]
+
+
+def test_effect_intervals_cover_the_true_effect_about_95_percent_of_the_time_with_few_seeds():
+    """Two arms x three training seeds, a known effect of 0.3, seed spread 0.2 and cell noise: the
+    interval must count the seeds' spread honestly (a bootstrap over three seeds covers far less)."""
+    rng = np.random.default_rng(11)
+    covered, runs = 0, 120
+    for _ in range(runs):
+        cell_effects = rng.normal(0, 1.0, CELLS)
+        arms = [Arm(name, {"shadow": on}, {s: _table(rng, cell_effects, 0.3 * on, seed_sd=0.2, noise=0.3)
+                                            for s in (0, 1, 2)})
+                for name, on in (("on", True), ("off", False))]
+        [effect] = factor_effects(arms, _mean_x, "higher_is_better", n_boot=100, seed=int(rng.integers(1 << 30)))
+        covered += effect.interval.low <= 0.3 <= effect.interval.high
+    assert 0.88 <= covered / runs <= 0.995, covered / runs
+
+
+def test_two_seeds_per_arm_give_wide_intervals_not_false_alarms():
+    arms = _design(seeds=(0, 1), rng_seed=3)
+    effects = factor_effects(arms, _mean_x, "higher_is_better", n_boot=200)
+    assert [e.verdict for e in effects] == [NO_DIFFERENCE] * 3

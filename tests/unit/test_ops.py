@@ -120,7 +120,9 @@ def test_down_stops_what_up_recorded_and_leaves_a_reused_pid_alone(tmp_path):
 def test_deployment_specs_schedule_only_retrain_and_take_the_work_pool_from_params(tmp_path):
     deploy = {"retrain_cron": "0 3 * * 1", "timezone": "Europe/Zurich", "work_pool": "gpu"}
     specs = {s.flow_name: s for s in deployments.deployment_specs(tmp_path, deploy)}
-    assert list(specs) == ["retrain", "ablation", "promote"]
+    assert list(specs) == ["retrain", "ablation", "promote", "ablation-variant"]
+    # variants run in temporary copies: any number at once; the others share the workspace
+    assert specs["ablation-variant"].concurrency_limit is None and specs["retrain"].concurrency_limit == 1
     assert (specs["retrain"].cron, specs["retrain"].timezone) == ("0 3 * * 1", "Europe/Zurich")
     assert specs["ablation"].cron is None and specs["ablation"].timezone is None
     assert {s.work_pool for s in specs.values()} == {"gpu"}
