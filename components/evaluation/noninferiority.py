@@ -12,7 +12,11 @@ Margins are absolute (in the metric's units) and say how much worse is still "th
 1. ``registry.gate.margins`` names one explicitly;
 2. else the measured seed-to-seed spread (``seed_spread``: an ablation's replicates; retraining
    with another seed moves a metric this much, so a change that small is not a regression):
-   margin = ``spread_multiple`` x the spread's standard deviation;
+   margin = ``spread_multiple`` x the seed-to-seed SD + the typical half-width of the paired
+   interval between two seeds. A challenger that differs only by its seed is worse by about
+   N(0, 2 SD^2) and its interval's worse end lies a half-width above that, so with the default
+   multiple 2.5 (about 1.645 x sqrt 2 plus room for the SD's own uncertainty) it passes about 95 %
+   of the time, while a change beyond retraining noise does not;
 3. else the documented default: ``max_regression`` x the champion's value.
 
 Without an interval (too few cells, or an undefined statistic) the point estimate is held against
@@ -60,8 +64,8 @@ class Check:
     def reason(self) -> str:
         """E.g. "landform_balanced_accuracy worse by 0.12 [0.05, 0.19], margin 0.05 (seed spread ...)"."""
         word, size = ("worse", self.worse_by) if self.worse_by >= 0 else ("better", -self.worse_by)
-        bounds = (f" [{self.low:.3g}, {self.high:.3g}]" if math.isfinite(self.low) and math.isfinite(self.high)
-                  else "")
+        bounds = (f" [{self.low + 0.0:.3g}, {self.high + 0.0:.3g}]"  # + 0.0: no "-0"
+                  if math.isfinite(self.low) and math.isfinite(self.high) else "")
         text = f"{self.metric} {word} by {size:.3g}{bounds}, margin {self.margin.value:.3g} ({self.margin.source})"
         return text + (f"; {self.note}" if self.note else "")
 
@@ -84,8 +88,8 @@ def check(metric: str, direction: str, difference: Interval, margin: Margin) -> 
     if not (math.isfinite(margin.value) and margin.value >= 0):
         raise ValueError(f"{metric}: a margin must be a finite number >= 0, got {margin.value!r}")
     sign = -1.0 if direction == HIGHER else 1.0
-    worse_by = sign * difference.estimate
-    low, high = sorted((sign * difference.low, sign * difference.high))
+    worse_by = sign * difference.estimate + 0.0
+    low, high = sorted((sign * difference.low + 0.0, sign * difference.high + 0.0))
     if math.isfinite(low) and math.isfinite(high):
         return Check(metric, direction, worse_by, low, high, difference.level, margin, high <= margin.value)
     note = f"no interval ({difference.note or 'undefined'}): point estimate only"
@@ -108,10 +112,12 @@ def margin_for(metric: str, explicit: Mapping[str, float], spread: Mapping[str, 
     if metric in explicit:
         return Margin(float(explicit[metric]), "registry.gate.margins")
     measured = ((spread or {}).get("metrics") or {}).get(metric) or {}
-    sd = measured.get("sd")
+    sd, width = measured.get("sd"), measured.get("pair_half_width")
     if sd is not None and math.isfinite(sd):
         source = (spread or {}).get("source") or "an ablation"
-        return Margin(multiple * float(sd), f"{multiple:g} x seed-to-seed SD {float(sd):.3g} from {source}")
+        width = float(width) if width is not None and math.isfinite(width) else 0.0
+        return Margin(multiple * float(sd) + width, f"{multiple:g} x seed-to-seed SD {float(sd):.3g} + seed-pair "
+                                                    f"half-width {width:.3g}, from {source}")
     scale = abs(champion_value) if champion_value is not None and math.isfinite(champion_value) else math.nan
     if not math.isfinite(scale):
         return Margin(0.0, "no champion value, no measured spread: margin 0")

@@ -79,6 +79,23 @@ def _coefficient_squares(arms: Sequence[Arm], contrast_name: str) -> float:
     return float(sum(c ** 2 for c in effects_module.coefficients(arms, contrast).values()))
 
 
+def pair_half_width(arms: Sequence[Arm], statistic, n_boot: int, seed: int, level: float) -> float | None:
+    """The median half-width of the paired interval between two seeds of one arm (over all such
+    pairs): how wide the promotion gate's interval is for a challenger that differs from the
+    champion only by its training seed. None without a pair that has an interval."""
+    from components.evaluation.per_cell import paired_bootstrap
+
+    widths = []
+    for arm in arms:
+        seeds = sorted(arm.tables)
+        for i, first in enumerate(seeds):
+            for second in seeds[i + 1:]:
+                interval = paired_bootstrap(arm.tables[first], arm.tables[second], statistic, n_boot, seed, level)
+                if math.isfinite(interval.low) and math.isfinite(interval.high):
+                    widths.append((interval.high - interval.low) / 2)
+    return float(np.median(widths)) if widths else None
+
+
 def analyse(arms: Sequence[Arm], directions: Mapping[str, str], metrics: Sequence[str] | None = None,
             n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, dict[str, Any]]:
     """Per metric: arms (mean and interval), effects (difference, interval, verdict, seeds needed to
@@ -109,15 +126,18 @@ def analyse(arms: Sequence[Arm], directions: Mapping[str, str], metrics: Sequenc
             effects.append(record)
         out[name] = {"direction": direction, "arms": {k: v.to_dict() for k, v in summaries.items()},
                      "effects": effects, "values": values, "seed_sd": sd,
+                     "pair_half_width": pair_half_width(arms, statistic, max(100, n_boot // 3), seed, level),
                      "seeds_per_arm": sorted({len(arm.tables) for arm in arms})}
     return out
 
 
 def spread_record(analysis: Mapping[str, Mapping[str, Any]], source: str) -> dict[str, Any]:
-    """reports/seed_spread.json: per metric the pooled seed-to-seed SD (what the gate's margins use)."""
+    """reports/seed_spread.json: per metric the pooled seed-to-seed SD and the typical half-width of
+    a seed pair's paired interval (what the gate's margins are made of)."""
     return {"source": source,
-            "metrics": {name: {"sd": entry["seed_sd"], "direction": entry["direction"],
-                               "arms": len(entry["arms"]), "seeds_per_arm": entry["seeds_per_arm"]}
+            "metrics": {name: {"sd": entry["seed_sd"], "pair_half_width": entry.get("pair_half_width"),
+                               "direction": entry["direction"], "arms": len(entry["arms"]),
+                               "seeds_per_arm": entry["seeds_per_arm"]}
                         for name, entry in analysis.items() if entry["seed_sd"] is not None}}
 
 

@@ -350,7 +350,8 @@ class PromotionGate:
             (None: all); floors and ceilings apply whatever this lists.
         margins (Mapping[str, float], default {}): absolute non-inferiority margins (see
             components.evaluation.noninferiority); used when both versions have per-cell tables.
-        spread_multiple (float, default 3.0): margin = this x the measured seed-to-seed SD.
+        spread_multiple (float, default 2.5): margin = this x the measured seed-to-seed SD + the seed
+            pairs' typical paired half-width.
         confidence (float, default 0.95): the paired interval's level.
     """
 
@@ -359,7 +360,7 @@ class PromotionGate:
     ceilings: Mapping[str, float] = field(default_factory=dict)
     metrics: tuple[str, ...] | None = None
     margins: Mapping[str, float] = field(default_factory=dict)
-    spread_multiple: float = 3.0
+    spread_multiple: float = 2.5
     confidence: float = 0.95
 
     @classmethod

@@ -171,6 +171,7 @@ def test_replicated_arms_give_effects_with_intervals_a_forest_plot_and_the_seed_
     spread = seed_spread(project)
     assert spread == json.loads((project / SEED_SPREAD).read_text()) and run.parent_id in spread["source"]
     assert 0 < spread["metrics"]["heldout_denoising_loss"]["sd"] < 0.1
+    assert spread["metrics"]["heldout_denoising_loss"]["pair_half_width"] > 0  # part of the gate's margin
     assert "table" not in json.loads((project / ABLATION_JSON).read_text())["variants"][0]
     artifacts = {f.path for f in run.client.list_artifacts(run.parent_id, "ablation")}
     assert {"ablation/effects.png", "ablation/seed_spread.json", "ablation/effects_table.json"} <= artifacts

@@ -54,11 +54,14 @@ def test_without_an_interval_the_point_estimate_decides_and_the_reason_says_so()
 
 
 def test_margins_come_from_params_then_the_measured_seed_spread_then_the_default():
-    spread = {"source": "ablation run abc", "metrics": {ACC: {"sd": 0.04}, LOSS: {"sd": None}}}
+    spread = {"source": "ablation run abc", "metrics": {ACC: {"sd": 0.04, "pair_half_width": 0.05},
+                                                        LOSS: {"sd": None}}}
     explicit = margin_for(ACC, {ACC: 0.03}, spread, 2.0, 0.1, 0.5)
     assert explicit == Margin(0.03, "registry.gate.margins")
     measured = margin_for(ACC, {}, spread, 2.0, 0.1, 0.5)
-    assert measured.value == pytest.approx(0.08) and "seed-to-seed SD 0.04 from ablation run abc" in measured.source
+    assert measured.value == pytest.approx(0.13)  # 2 x 0.04 + 0.05
+    assert measured.source == "2 x seed-to-seed SD 0.04 + seed-pair half-width 0.05, from ablation run abc"
+    assert margin_for(ACC, {}, {"metrics": {ACC: {"sd": 0.04}}}, 2.0, 0.1, 0.5).value == pytest.approx(0.08)
     default = margin_for(LOSS, {}, spread, 2.0, 0.1, 0.5)  # no measured SD for it
     assert default.value == pytest.approx(0.05) and "max_regression 10%" in default.source
     assert margin_for(LOSS, {}, None, 2.0, 0.1, None).value == 0.0
@@ -164,6 +167,7 @@ def test_gate_params_name_the_key_of_a_bad_margin_or_confidence():
         PromotionGate.from_params({"confidence": 1.5})
     gate = PromotionGate.from_config(GateConfig.from_params({"margins": {ACC: 0.05}, "spread_multiple": 3}))
     assert gate.margins == {ACC: 0.05} and gate.spread_multiple == 3.0 and gate.confidence == 0.95
+    assert PromotionGate.from_params(None).spread_multiple == 2.5 and not PromotionGate.from_params(None).margins
 
 
 def test_every_training_segment_of_a_resumed_run_must_be_clean():
@@ -173,3 +177,21 @@ def test_every_training_segment_of_a_resumed_run_must_be_clean():
     assert problems == ["it was trained from a tree with uncommitted changes (segment to step 36) (git_dirty=true, "
                         "commit bbbbbbb): commit the change and retrain"]
     assert reproducibility_problems(CLEAN, WORKSPACE, [], ["data/samples"], segments[:1]) == []
+
+
+def test_a_seed_only_challenger_passes_a_spread_margin_about_95_percent_of_the_time():
+    """The margin's recipe (2.5 x seed SD + a seed pair's half-width) simulated: a challenger that
+    differs only by its seed is worse by N(0, 2 SD^2), its interval's worse end a half-width higher."""
+    rng = np.random.default_rng(5)
+    sd, half = 0.01, 0.02
+    margin = margin_for(LOSS, {}, {"metrics": {LOSS: {"sd": sd, "pair_half_width": half}}}, 2.5, 0.1, 0.5)
+    passed = 0
+    for _ in range(2000):
+        difference = rng.normal(0, sd * math.sqrt(2))
+        passed += check(LOSS, "lower_is_better", _interval(difference, difference - half, difference + half),
+                        margin).passed
+    assert 0.93 <= passed / 2000 <= 0.995
+    # a model worse by 4 seed SDs plus noise is caught most of the time
+    worse = sum(check(LOSS, "lower_is_better", _interval(d, d - half, d + half), margin).passed
+                for d in rng.normal(4 * sd, sd * math.sqrt(2), 2000))
+    assert worse / 2000 < 0.5
