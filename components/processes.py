@@ -129,7 +129,8 @@ def _group_gone(group: int, process: subprocess.Popen, timeout_s: float) -> bool
 
 
 def run_streaming(command: Sequence[str], *, cwd: str | Path, env: Mapping[str, str] | None = None,
-                  on_line: Callable[[str], None], grace_s: float = GRACE_SECONDS, new_session: bool = True) -> int:
+                  on_line: Callable[[str], None], grace_s: float = GRACE_SECONDS, new_session: bool = True,
+                  on_start: Callable[[subprocess.Popen], None] | None = None) -> int:
     """Run `command`, pass each non-empty output line (stdout and stderr merged) to `on_line`.
 
     When the caller is interrupted (SIGTERM via :func:`stop_on_sigterm`, Ctrl-C, a failing
@@ -146,6 +147,9 @@ def run_streaming(command: Sequence[str], *, cwd: str | Path, env: Mapping[str, 
             or an operator can stop exactly it and its children. False keeps it in the caller's
             group, for a command that must get the signals sent to the caller's group (the train
             stage's `accelerate launch`, which is itself the stage's group).
+        on_start (Callable[[subprocess.Popen], None] | None, default None): gets the process once
+            started (for a caller in another thread that must be able to stop it: an exception in
+            the main thread does not reach this one).
 
     Returns:
         int: the command's exit status (negative: killed by that signal).
@@ -155,6 +159,8 @@ def run_streaming(command: Sequence[str], *, cwd: str | Path, env: Mapping[str, 
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                                start_new_session=new_session)
     try:
+        if on_start is not None:
+            on_start(process)
         assert process.stdout is not None
         for line in process.stdout:
             line = line.rstrip()

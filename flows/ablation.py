@@ -36,7 +36,8 @@ VARIANT_DEPLOYMENT = "ablation-variant/mesa-ablation-variant"  # components.ops.
 
 @task(task_run_name="variant {variant.name}", cache_policy=NONE)
 def run_variant(variant: Variant, project_dir: str, experiment: str, parent_run_id: str, uri: str,
-                baseline: str, slots: queue.Queue, threads: int, gpus: int) -> dict[str, Any]:
+                baseline: str, slots: queue.Queue, threads: int, gpus: int,
+                jobs: ablation_run.RunningJobs) -> dict[str, Any]:
     """`dvc exp run --temp -n VARIANT -S KEY=VALUE ...` once a job slot is free (ablation.parallel),
     with its thread count pinned and, on a GPU machine, one GPU of its own; output to the Prefect log."""
     from flows.prefect_api import current_api_url, stage_process_env
@@ -44,13 +45,16 @@ def run_variant(variant: Variant, project_dir: str, experiment: str, parent_run_
     logger = get_run_logger()
     slot = slots.get()
     try:
+        if jobs.stopping:
+            raise RuntimeError(f"the ablation was stopped before {variant.name} started")
         env = ablation_run.pin_job(ablation_run.variant_env(stage_process_env(current_api_url(), task_run.id), uri,
                                                             parent_run_id, variant, baseline),
                                    threads, slot % gpus if gpus else None)
         logger.info("[%s] job slot %d, %d threads%s", variant.name, slot, threads,
                     f", GPU {slot % gpus}" if gpus else "")
         return ablation_run.run_variant_experiment(project_dir, variant, experiment, env,
-                                                   on_line=lambda line: logger.info("[%s] %s", variant.name, line))
+                                                   on_line=lambda line: logger.info("[%s] %s", variant.name, line),
+                                                   jobs=jobs)
     finally:
         slots.put(slot)
 
@@ -115,6 +119,7 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
     root, commit = run.root, run.commit
     print(f"[ablation] {len(run.variants)} variants at commit {commit[:7]}; MLflow parent run {run.parent_id} "
           f"(experiment {run.experiment!r}, {run.uri})")
+    jobs = ablation_run.RunningJobs()
     try:
         # 2. Each variant x seed as a DVC experiment, unless DVC and MLflow already hold it; up to
         #    ablation.parallel at once (DVC runs each --temp experiment in its own copy).
@@ -146,7 +151,7 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
                                                                    int(run.settings.get("threads_per_job") or 0))
             else:
                 futures[variant.name] = run_variant.submit(variant, str(root), run.experiment, run.parent_id,
-                                                           run.uri, commit, slots, threads, gpus)
+                                                           run.uri, commit, slots, threads, gpus, jobs)
         outcomes.update({name: future.result() for name, future in futures.items()})
 
         # 3. Collect every variant's evaluation and validation loss from its training run.
@@ -164,6 +169,7 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
         # 5. Reports, and the same table on the parent run.
         summary = ablation_run.write_reports(run, entries, grid)
     except BaseException:
+        jobs.stop_all()  # jobs run in worker threads: the main thread's exception does not reach them
         run.finish("FAILED")
         raise
     run.finish("FINISHED")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -259,8 +260,45 @@ def variant_command(variant: Variant, experiment: str) -> list[str]:
     return dvc_command("exp", "run", "--temp", "-n", variant.name, *set_param_args(variant.overrides(experiment)))
 
 
+class RunningJobs:
+    """The variant jobs' processes running now, registered from the threads that run them, so that
+    stopping the ablation (SIGTERM, Ctrl-C: raised in the main thread only) stops every job too."""
+
+    def __init__(self) -> None:
+        self._live: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self.stopping = False  # set by stop_all: jobs still waiting for a slot must not start
+
+    def started(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._live.add(process)
+            late = self.stopping
+        if late:  # started while the ablation was being stopped
+            from components.processes import stop_process_group
+
+            stop_process_group(process, 5.0)
+
+    def ended(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._live.discard(process)
+
+    def stop_all(self, grace_s: float = 5.0) -> None:
+        """Stop each running job's process group (SIGTERM, SIGKILL after `grace_s`), all at once."""
+        from components.processes import stop_process_group
+
+        with self._lock:
+            self.stopping = True
+            live = list(self._live)
+        threads = [threading.Thread(target=stop_process_group, args=(process, grace_s)) for process in live]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+
 def run_variant_experiment(project_dir: str | Path, variant: Variant, experiment: str, env: Mapping[str, str],
-                           on_line: Callable[[str], None], tail_lines: int = 40) -> dict[str, Any]:
+                           on_line: Callable[[str], None], tail_lines: int = 40,
+                           jobs: RunningJobs | None = None) -> dict[str, Any]:
     """Run `variant` as a DVC experiment, each output line to `on_line`.
 
     It runs in its own process group: stopping the ablation (SIGTERM, Ctrl-C) stops the variant's
@@ -273,6 +311,7 @@ def run_variant_experiment(project_dir: str | Path, variant: Variant, experiment
         env (Mapping[str, str]): from :func:`variant_env`.
         on_line (Callable[[str], None]): gets the command line, then each output line.
         tail_lines (int, default 40): output lines a failure's message ends with.
+        jobs (RunningJobs | None, default None): where the job's process is registered while it runs.
 
     Returns:
         dict: ``{"variant", "ran": True, "seconds"}``.
@@ -291,7 +330,18 @@ def run_variant_experiment(project_dir: str | Path, variant: Variant, experiment
         tail.append(line)
         on_line(line)
 
-    returncode = run_streaming(command, cwd=project_dir, env=env, on_line=show)
+    processes: list[subprocess.Popen] = []
+
+    def started(process: subprocess.Popen) -> None:
+        processes.append(process)
+        if jobs is not None:
+            jobs.started(process)
+    try:
+        returncode = run_streaming(command, cwd=project_dir, env=env, on_line=show, on_start=started)
+    finally:
+        for process in processes:
+            if jobs is not None:
+                jobs.ended(process)
     if returncode != 0:
         raise VariantFailed(f"ablation variant {variant.name!r} failed (dvc exp run exit {returncode}); "
                             f"DVC kept no experiment for it, so a rerun runs it again. Last output:\n"
