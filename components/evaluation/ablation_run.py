@@ -332,12 +332,12 @@ def run_variant_experiment(project_dir: str | Path, variant: Variant, experiment
 
     processes: list[subprocess.Popen] = []
 
-    def started(process: subprocess.Popen) -> None:
+    def register(process: subprocess.Popen) -> None:
         processes.append(process)
         if jobs is not None:
             jobs.started(process)
     try:
-        returncode = run_streaming(command, cwd=project_dir, env=env, on_line=show, on_start=started)
+        returncode = run_streaming(command, cwd=project_dir, env=env, on_line=show, on_start=register)
     finally:
         for process in processes:
             if jobs is not None:

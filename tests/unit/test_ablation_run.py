@@ -129,6 +129,25 @@ def test_a_failing_variant_names_itself_and_ends_with_its_output(tmp_path, monke
         ablation_run.run_variant_experiment(tmp_path, variant, "x", env={"PATH": "/bin:/usr/bin"},
                                             on_line=lines.append)
     assert lines == ["echo one; echo two; exit 4", "one", "two"]  # the command line (after the interpreter), then its output
+    # a job that ends well reports its time; a running one is registered, so stopping the ablation stops it
+    jobs = ablation_run.RunningJobs()
+    monkeypatch.setattr(ablation_run, "variant_command", lambda v, e: ["sh", "-c", "echo fine"])
+    done = ablation_run.run_variant_experiment(tmp_path, variant, "x", env={"PATH": "/bin:/usr/bin"},
+                                               on_line=lines.append, jobs=jobs)
+    assert done["ran"] and isinstance(done["seconds"], float) and not jobs._live
+    monkeypatch.setattr(ablation_run, "variant_command", lambda v, e: ["sh", "-c", "echo go; sleep 60"])
+    import threading
+
+    box: dict = {}
+    runner = threading.Thread(target=_run_catching, args=(box, tmp_path, variant, jobs))
+    runner.start()
+    for _ in range(100):
+        if jobs._live:
+            break
+        threading.Event().wait(0.05)
+    jobs.stop_all(grace_s=1.0)
+    runner.join(timeout=20)
+    assert not runner.is_alive() and "exit -15" in str(box["error"]) and jobs.stopping
 
 
 def test_replicated_arms_give_effects_with_intervals_a_forest_plot_and_the_seed_spread(project):
@@ -175,3 +194,11 @@ def test_replicated_arms_give_effects_with_intervals_a_forest_plot_and_the_seed_
     assert "table" not in json.loads((project / ABLATION_JSON).read_text())["variants"][0]
     artifacts = {f.path for f in run.client.list_artifacts(run.parent_id, "ablation")}
     assert {"ablation/effects.png", "ablation/seed_spread.json", "ablation/effects_table.json"} <= artifacts
+
+
+def _run_catching(box, tmp_path, variant, jobs):
+    try:
+        ablation_run.run_variant_experiment(tmp_path, variant, "x", env={"PATH": "/bin:/usr/bin"},
+                                            on_line=lambda line: None, jobs=jobs)
+    except ablation_run.VariantFailed as err:
+        box["error"] = err
