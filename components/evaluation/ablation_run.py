@@ -409,17 +409,9 @@ def per_cell_of(client: Any, run: Any):
         client (mlflow.MlflowClient): a client on the run's store.
         run (mlflow.entities.Run): a training run.
     """
-    import tempfile
+    from components.tracking.store import read_parquet_artifact
 
-    import mlflow.artifacts
-    import pandas as pd
-
-    path = "evaluation/metrics_per_cell.parquet"
-    if not any(f.path == path for f in client.list_artifacts(run.info.run_id, "evaluation")):
-        return None
-    with tempfile.TemporaryDirectory() as folder:
-        return pd.read_parquet(mlflow.artifacts.download_artifacts(
-            run_id=run.info.run_id, artifact_path=path, dst_path=folder, tracking_uri=client.tracking_uri))
+    return read_parquet_artifact(client, run.info.run_id, "evaluation/metrics_per_cell.parquet")
 
 
 def model_uri_of(client: Any, run: Any) -> str:

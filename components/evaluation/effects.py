@@ -137,20 +137,19 @@ class _Draws:
             return Interval(estimate, np.nan, np.nan, level, self.cells, 0, self.note)
         values = np.asarray([contrast(boot) for boot in self.repetitions], dtype=np.float64)
         finite = values[np.isfinite(values)]
-        seed_terms = [coefficient ** 2 * self.per_seed[name].var(ddof=1) / len(self.per_seed[name])
-                      for name, coefficient in coefficients(self.arms, contrast).items() if coefficient]
-        if len(finite) < 0.9 * len(values) or not all(np.isfinite(seed_terms)) or not np.isfinite(estimate):
+        # per arm in the contrast: (c_k^2 s_k^2 / n_k, its degrees of freedom n_k - 1)
+        seed_terms = [(c ** 2 * self.per_seed[name].var(ddof=1) / len(self.per_seed[name]), len(self.per_seed[name]) - 1)
+                      for name, c in coefficients(self.arms, contrast).items() if c]
+        if (len(finite) < 0.9 * len(values) or not all(np.isfinite(term) for term, _ in seed_terms)
+                or not np.isfinite(estimate)):
             return Interval(estimate, np.nan, np.nan, level, self.cells, len(finite),
                             f"the statistic was undefined on {len(values) - len(finite)} of {len(values)} resamples "
                             "or on a training seed")
         cell_variance = float(finite.var(ddof=1))
-        seed_variance = float(sum(seed_terms))
-        total = seed_variance + cell_variance
+        total = sum(term for term, _ in seed_terms) + cell_variance
         if total <= 0:
             return Interval(estimate, estimate, estimate, level, self.cells, len(finite))
-        freedom = [(term, len(self.per_seed[name]) - 1) for term, name in zip(
-            seed_terms, [n for n, c in coefficients(self.arms, contrast).items() if c])]
-        denominator = sum(term ** 2 / df for term, df in freedom) + cell_variance ** 2 / max(1, self.cells - 1)
+        denominator = sum(term ** 2 / df for term, df in seed_terms) + cell_variance ** 2 / max(1, self.cells - 1)
         df = total ** 2 / denominator if denominator > 0 else np.inf
         half = float(student_t.ppf((1 + level) / 2, df)) * float(np.sqrt(total))
         return Interval(estimate, estimate - half, estimate + half, level, self.cells, len(finite))

@@ -167,20 +167,12 @@ def per_cell_table(client: Any, version: Any, fingerprint: str | None):
         version (ModelVersion | None): the version (its training run holds the table).
         fingerprint (str | None): the evaluation wanted.
     """
-    import tempfile
-
-    import mlflow.artifacts
-    import pandas as pd
+    from components.tracking.store import read_parquet_artifact
 
     if version is None or not version.run_id or not fingerprint:
         return None
-    folder = per_cell_path(fingerprint, version.version)
-    path = f"{folder}/{METRICS_PER_CELL_FILE}"
-    if path not in {f.path for f in client.list_artifacts(version.run_id, folder)}:
-        return None
-    with tempfile.TemporaryDirectory() as local:
-        return pd.read_parquet(mlflow.artifacts.download_artifacts(
-            run_id=version.run_id, artifact_path=path, dst_path=local, tracking_uri=client.tracking_uri))
+    return read_parquet_artifact(client, version.run_id,
+                                 f"{per_cell_path(fingerprint, version.version)}/{METRICS_PER_CELL_FILE}")
 
 
 def seed_spread(project_dir: str | Path) -> dict[str, Any] | None:

@@ -157,3 +157,25 @@ def is_transient(err: BaseException) -> bool:
     if isinstance(err, MlflowException):
         return err.error_code not in _PERMANENT_ERROR_CODES
     return True
+
+
+def read_parquet_artifact(client: Any, run_id: str, path: str):
+    """The parquet table a run holds at artifact `path` (read through a temporary folder), or None
+    when the run has no such artifact.
+
+    Args:
+        client (mlflow.MlflowClient): a client on the run's store.
+        run_id (str): the run.
+        path (str): e.g. ``evaluation/metrics_per_cell.parquet``.
+    """
+    import tempfile
+
+    import mlflow.artifacts
+    import pandas as pd
+
+    folder = path.rpartition("/")[0]
+    if path not in {f.path for f in client.list_artifacts(run_id, folder or None)}:
+        return None
+    with tempfile.TemporaryDirectory() as local:
+        return pd.read_parquet(mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, dst_path=local, tracking_uri=client.tracking_uri))
