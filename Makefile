@@ -32,13 +32,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/mesa demo
 
+# Tests run in TEST_WORKERS processes (pytest-xdist): one module per group, the costliest first
+# (tests/conftest.py); each worker has its own micro world and Prefect server.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
 # Everything (what CI runs); the 25 slowest tests are listed at the end.
 test: $(STAMP)
-	$(BIN)/python -m pytest --durations=25
+	$(BIN)/python -m pytest $(XDIST) --durations=25
 
 # The inner loop: every test not marked slow (unit tests and the quick integration tests).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" --durations=25
+	$(BIN)/python -m pytest $(XDIST) -m "not slow" --durations=25
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/read_shards.py

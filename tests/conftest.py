@@ -91,12 +91,40 @@ def pytest_addoption(parser):
                           "after another one builds no state of its own.")
 
 
+def _module_minutes(item) -> float:
+    """What a test's slow marker says it costs (`pytest.mark.slow(minutes=9)`), 0 for a fast test."""
+    marker = item.get_closest_marker("slow")
+    return float(marker.kwargs.get("minutes", 0)) if marker else 0.0
+
+
+def _xdist_group(item) -> str:
+    """Tests that share fixtures run on one worker: a module each, the team tests together (one set
+    of team servers)."""
+    path = Path(str(item.path)).relative_to(PROJECT_ROOT)
+    return "team" if path.parts[:2] == ("tests", "team") else path.as_posix()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Tests marked runs_last go last (a stable sort keeps every other order as collected): the
-    demo-world DAG leaves the session's Prefect server busy with its events for a while."""
+    """Order the tests.
+
+    One process: runs_last tests go last (a stable sort keeps every other order as collected): the
+    demo-world DAG leaves the session's Prefect server busy with its events for a while.
+    Under pytest-xdist (`make test`: `-n 2 --dist loadgroup`; each worker has its own Prefect
+    server): every module is one group, and the costliest modules (their slow markers' minutes)
+    are handed out first, so the long ones overlap instead of finishing the run alone.
+    """
     if config.getoption("--reverse"):
         items.reverse()
-    items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
+        return
+    cost: dict[str, float] = {}
+    for item in items:
+        group = _xdist_group(item)
+        cost[group] = max(cost.get(group, 0.0), _module_minutes(item))
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: -cost[_xdist_group(item)])
 
 
 @pytest.fixture(autouse=True)

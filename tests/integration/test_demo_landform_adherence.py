@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import make_micro_project
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=14)
 @pytest.mark.runs_last
 @pytest.mark.timeout(2400)
 def test_the_trained_demo_model_generates_the_landform_its_caption_asks_for(prefect_api, tmp_path):

@@ -150,7 +150,7 @@ def test_deployment_specs_follow_params():
         deployment_specs("/srv/mesa", params)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=2.5)
 def test_served_deployments_run_when_triggered(project, prefect_api, tmp_path):
     """Slow tier: `mesa deploy` serving on the harness server and one synth run through it, about 1 minute."""
     log = tmp_path / "mesa-deploy.log"
@@ -170,7 +170,7 @@ def test_served_deployments_run_when_triggered(project, prefect_api, tmp_path):
     assert "Stopped serving" in log.read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=2.5)
 def test_a_process_worker_runs_the_work_pool_deployment(project, prefect_api, tmp_path):
     """Slow tier: `prefect deploy --all`, a process worker and one (skipped) synth run, about 1 minute."""
     env = process_env(prefect_api)
@@ -211,7 +211,7 @@ def test_a_process_worker_runs_the_work_pool_deployment(project, prefect_api, tm
     assert flow_run.work_pool_name == "mesa-process" and str(flow_run.id) in log.read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=2.5)
 def test_two_workers_of_a_work_pool_run_an_ablations_variants(project, prefect_api, tmp_path):
     """Slow tier: an ablation of two variants with ablation.work_pool set, run by two process workers
     (one job each, as on two machines), about 4 minutes on 2 cores."""

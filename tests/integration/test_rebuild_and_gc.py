@@ -19,7 +19,7 @@ import yaml
 
 from tests.conftest import make_micro_project, set_params
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=3.5)
 
 DATA_OUTS = {"data/raw", "data/curated/index.parquet", "data/curated/rejected.parquet",
              "data/captions/captions.parquet", "data/samples", "models/vae", "data/latents"}

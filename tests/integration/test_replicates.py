@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import commit_project, make_micro_project, set_params
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the module fixture trains nine models
+pytestmark = [pytest.mark.slow(minutes=6.5), pytest.mark.timeout(2400)]  # the module fixture trains nine models
 
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
 ARM = "shadow-on_dropout-on"

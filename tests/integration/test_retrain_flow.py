@@ -16,7 +16,7 @@ import yaml
 
 from tests.conftest import commit_project, make_micro_project, set_params
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=6.5)
 
 STAGES = ("synth", "ingest", "validate", "captions", "prepare", "vae", "latents", "train", "evaluate")
 

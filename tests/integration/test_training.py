@@ -21,7 +21,7 @@ import yaml
 from components.layout import TRAIN_TRACE_ENV
 from tests.conftest import PROJECT_ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=1)
 
 
 @pytest.fixture(scope="module")

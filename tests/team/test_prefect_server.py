@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import make_micro_project
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=1.5)
 
 STAGES = ["synth", "validate"]
 
