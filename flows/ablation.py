@@ -1,20 +1,12 @@
 """The `ablation` flow: shadow correction x caption dropout x training seeds as DVC experiments, compared in MLflow.
 
-Every variant of the matrix in params.yaml ``ablation`` (shadow.enabled x
-captions.augmentation.caption_dropout x train.seed from ``ablation.seeds``) is one
-``dvc exp run --temp -n VARIANT -S KEY=VALUE ...``, up to ``ablation.parallel`` at once:
-DVC writes the overrides into the params.yaml of a temporary copy of the repository, runs the
-pipeline there (stages whose inputs did not change come back from its run cache; train and
-evaluate run) and records the experiment under the current commit. Each variant is a Prefect task
-whose log streams the experiment's output; the stage flows inside report to the same Prefect API
-as its subflows.
-
-MLflow holds the comparison: one parent run in experiment ``ablation.experiment`` with, nested
-under it, the training run of every variant; the flow writes ``reports/ablation.md``,
-``reports/ablation.json`` and the shadow-correction grid (``reports/ablation/``) and logs them to
-the parent run. A rerun skips each variant DVC already has for the current commit (same name,
-same params) whose training run MLflow still holds; an uncommitted change to tracked files reruns
-every variant. The steps: :mod:`components.evaluation.ablation_run`; the matrix and the table:
+Every variant of params.yaml ``ablation`` (shadow.enabled x caption dropout x ``ablation.seeds``)
+is one ``dvc exp run --temp -n VARIANT -S KEY=VALUE ...`` (a Prefect task streaming its output; up
+to ``ablation.parallel`` at once, or flow runs on the workers of ``ablation.work_pool``), its
+training run nested under one MLflow parent run. A rerun skips each variant DVC and MLflow already
+hold for the commit. The flow writes ``reports/ablation.md`` / ``.json``, the effects and the
+shadow-correction grid, logs them to the parent run and publishes them as Prefect artifacts. The
+steps: :mod:`components.evaluation.ablation_run`; the matrix and the table:
 :mod:`components.evaluation.ablation`. `mesa ablation` (flows/cli.py) runs this flow.
 """
 from __future__ import annotations
@@ -28,7 +20,7 @@ from prefect.cache_policies import NONE
 from prefect.runtime import task_run
 
 from components.evaluation import ablation_run
-from components.evaluation.ablation import Variant, shadow_grid_models
+from components.evaluation.ablation import Variant
 from components.layout import ABLATION_JSON, ABLATION_MD
 
 VARIANT_DEPLOYMENT = "ablation-variant/mesa-ablation-variant"  # components.ops.deployments FLOWS
@@ -86,14 +78,10 @@ def ablation_variant_flow(project_dir: str, shadow: bool, caption_dropout: bool,
                           parent_run_id: str, uri: str, baseline: str, threads: int) -> dict[str, Any]:
     """One variant job on the machine of the worker that runs it: `dvc exp run --temp` in its checkout of
     the project (which must be at commit `baseline`), logging to the ablation's MLflow parent run."""
-    from components.tracking.lineage import git_state
     from flows.prefect_api import current_api_url, stage_process_env
 
     variant = Variant(shadow, caption_dropout, seed)
-    checked_out, _ = git_state(project_dir)
-    if checked_out != baseline:
-        raise RuntimeError(f"{project_dir} is at commit {checked_out[:7]}, the ablation at {baseline[:7]}: check out "
-                           f"{baseline[:7]} on this worker's machine (git fetch && git checkout {baseline[:7]})")
+    ablation_run.require_checkout(project_dir, baseline)
     logger = get_run_logger()
     env = ablation_run.variant_env(stage_process_env(current_api_url(), None), uri, parent_run_id, variant, baseline)
     if threads > 0:
@@ -123,48 +111,28 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
     try:
         # 2. Each variant x seed as a DVC experiment, unless DVC and MLflow already hold it; up to
         #    ablation.parallel at once (DVC runs each --temp experiment in its own copy).
-        known = ablation_run.dvc_experiments(root, commit)
+        todo, outcomes = ablation_run.variants_to_run(run, say=print)
         parallel = int(run.settings.get("parallel") or 1)
         threads = ablation_run.threads_per_job(run.settings, os.cpu_count() or 1)
         pool = run.settings.get("work_pool")
         gpus = 0 if pool else ablation_run.visible_gpus()
-        slots: queue.Queue = queue.Queue()
-        for slot in range(parallel):
-            slots.put(slot)
+        slots = ablation_run.job_slots(parallel)
         print(f"[ablation] up to {parallel} job(s) at once, {threads} CPU thread(s) each"
               + (f", {gpus} GPU(s)" if gpus else "") + (f", run by the workers of pool {pool!r}" if pool else ""))
-        outcomes, futures = {}, {}
-        for variant in run.variants:
-            have = known.get(variant.name)
-            why, held = ablation_run.reuse_check(run, variant, have)
-            if why is None:
-                print(f"[ablation] {variant.name}: DVC has it (experiment {have['rev'][:7]}), run "
-                      f"{held[0].info.run_id}; skipped")
-                outcomes[variant.name] = {"variant": variant.name, "ran": False, "seconds": 0.0}
-                continue
-            if have:
-                print(f"[ablation] {variant.name}: replacing the DVC experiment of the same name ({why})")
-                ablation_run.remove_dvc_experiment(root, variant.name)
-            if pool:  # each worker's machine: its own cores unless threads_per_job says otherwise
-                futures[variant.name] = run_variant_on_pool.submit(variant, pool, run.experiment, run.parent_id,
-                                                                   run.uri, commit, slots,
-                                                                   int(run.settings.get("threads_per_job") or 0))
-            else:
-                futures[variant.name] = run_variant.submit(variant, str(root), run.experiment, run.parent_id,
-                                                           run.uri, commit, slots, threads, gpus, jobs)
+        if pool:  # each worker's machine: its own cores unless threads_per_job says otherwise
+            futures = {v.name: run_variant_on_pool.submit(v, pool, run.experiment, run.parent_id, run.uri, commit,
+                                                          slots, int(run.settings.get("threads_per_job") or 0))
+                       for v in todo}
+        else:
+            futures = {v.name: run_variant.submit(v, str(root), run.experiment, run.parent_id, run.uri, commit,
+                                                  slots, threads, gpus, jobs) for v in todo}
         outcomes.update({name: future.result() for name, future in futures.items()})
 
         # 3. Collect every variant's evaluation and validation loss from its training run.
         entries = ablation_run.collect_entries(run, outcomes, say=print)
 
         # 4. The side-by-side shadow-correction grid (caption dropout on, when the matrix has it).
-        grid = None
-        models = shadow_grid_models(entries)
-        if models:
-            grid = ablation_run.shadow_grid(root, run.params, models)
-            print(f"[ablation] shadow-correction grid ({', '.join(models)}) -> {grid.relative_to(root)}")
-        else:
-            print("[ablation] no shadow-correction grid: the matrix lacks an evaluated shadow on/off pair")
+        grid = ablation_run.shadow_grid_of(run, entries, say=print)
 
         # 5. Reports, and the same table on the parent run.
         summary = ablation_run.write_reports(run, entries, grid)
@@ -182,11 +150,11 @@ def _publish(root, summary: dict[str, Any]) -> None:
     """The report as Prefect artifacts: ablation.md, the per-variant table and the effects table."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+    from components.tracking.review import effects_rows
+
     create_markdown_artifact(key="ablation-report", markdown=(root / ABLATION_MD).read_text(),
                              description=f"MLflow parent run {summary['parent_run_id']}")
     create_table_artifact(key="ablation-variants", table=summary["rows"], description="One row per variant")
-    effects = [{"metric": name, "effect": e["name"], "estimate": e["estimate"], "low": e["low"], "high": e["high"],
-                "verdict": e["verdict"], "seeds_needed": e["seeds_needed"]}
-               for name, entry in summary["effects"].items() for e in entry["effects"]]
+    effects = effects_rows(summary["effects"])
     if effects:
         create_table_artifact(key="ablation-effects", table=effects, description="Effects with 95 % intervals")

@@ -5,8 +5,8 @@ this module does the I/O around them, in the order flows/ablation.py calls it:
 
 1. :func:`start_ablation`: the matrix from params.yaml ``ablation``, the checked-out commit (the
    baseline DVC records experiments against) and the MLflow parent run.
-2. :func:`dvc_experiments` and :func:`reuse_check`: what DVC and MLflow already hold, so that a
-   rerun skips a finished variant; :func:`run_variant_experiment` runs one as
+2. :func:`variants_to_run` (:func:`dvc_experiments`, :func:`reuse_check`): what DVC and MLflow
+   already hold, so that a rerun skips a finished variant; :func:`run_variant_experiment` runs one as
    ``dvc exp run --temp -n VARIANT -S KEY=VALUE ...`` (in a temporary copy of the repository; the
    workspace's params.yaml is never touched), its training run nested under the parent.
 3. :func:`collect_entries`: every variant's evaluation (the evaluate stage's metrics.json, logged
@@ -20,6 +20,7 @@ The registry is never touched: ablation models are compared, not promoted.
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import threading
 import time
@@ -40,6 +41,7 @@ from components.evaluation.ablation import (
     real_reference,
     rerun_reason,
     set_param_args,
+    shadow_grid_models,
 )
 from components.layout import (
     ABLATION_FOREST,
@@ -195,6 +197,57 @@ def reuse_check(run: AblationRun, variant: Variant, known: dict[str, Any] | None
     wanted = expected_params(run.params, variant.overrides(run.experiment))
     held = evaluated_run(run.client, run.experiment_id, variant, run.commit) if known else None
     return rerun_reason(known, wanted, run.dirty, held is not None), held
+
+
+def variants_to_run(run: AblationRun, say: Callable[[str], None]) -> tuple[list[Variant], dict[str, dict[str, Any]]]:
+    """The variants to train, and the outcomes of those reused (DVC and MLflow already hold them).
+
+    A variant DVC has under the same name but must run again (other params, a dirty workspace, its
+    MLflow run gone) has that experiment removed first.
+
+    Args:
+        run (AblationRun): the ablation.
+        say (Callable[[str], None]): where a line per reused or replaced variant goes.
+    """
+    known = dvc_experiments(run.root, run.commit)
+    todo, reused = [], {}
+    for variant in run.variants:
+        have = known.get(variant.name)
+        why, held = reuse_check(run, variant, have)
+        if why is None:
+            say(f"[ablation] {variant.name}: DVC has it (experiment {have['rev'][:7]}), run {held[0].info.run_id}; "
+                "skipped")
+            reused[variant.name] = {"variant": variant.name, "ran": False, "seconds": 0.0}
+            continue
+        if have:
+            say(f"[ablation] {variant.name}: replacing the DVC experiment of the same name ({why})")
+            remove_dvc_experiment(run.root, variant.name)
+        todo.append(variant)
+    return todo, reused
+
+
+def job_slots(parallel: int) -> queue.Queue:
+    """A queue of `parallel` job slot numbers: a job takes one to start and gives it back when done
+    (the slot also picks its GPU)."""
+    slots: queue.Queue = queue.Queue()
+    for slot in range(max(1, parallel)):
+        slots.put(slot)
+    return slots
+
+
+def require_checkout(project_dir: str | Path, baseline: str) -> None:
+    """Refuse to run a variant job in a checkout that is not at the ablation's commit (a pool
+    worker's machine has its own checkout).
+
+    Raises:
+        RuntimeError: naming both commits and the git commands that fix it.
+    """
+    from components.tracking.lineage import git_state
+
+    checked_out, _ = git_state(project_dir)
+    if checked_out != baseline:
+        raise RuntimeError(f"{project_dir} is at commit {checked_out[:7]}, the ablation at {baseline[:7]}: check out "
+                           f"{baseline[:7]} on this worker's machine (git fetch && git checkout {baseline[:7]})")
 
 
 def variant_env(base_env: Mapping[str, str], run_uri: str, parent_run_id: str, variant: Variant,
@@ -490,6 +543,24 @@ def shadow_grid(project_dir: Path, params: dict[str, Any], models: dict[str, str
     atomic_write(png, lambda tmp: image.save(tmp, format="PNG"))
     write_json_atomic(manifest, {**layout.to_dict(), "models": models})
     return png
+
+
+def shadow_grid_of(run: AblationRun, entries: list[dict[str, Any]], say: Callable[[str], None]) -> Path | None:
+    """The shadow-correction grid of this ablation's models (caption dropout on, when the matrix has
+    it), or None when the matrix lacks an evaluated shadow on/off pair.
+
+    Args:
+        run (AblationRun): the ablation.
+        entries (list[dict]): from :func:`collect_entries`.
+        say (Callable[[str], None]): where the line saying what was drawn goes.
+    """
+    models = shadow_grid_models(entries)
+    if not models:
+        say("[ablation] no shadow-correction grid: the matrix lacks an evaluated shadow on/off pair")
+        return None
+    grid = shadow_grid(run.root, run.params, models)
+    say(f"[ablation] shadow-correction grid ({', '.join(models)}) -> {grid.relative_to(run.root)}")
+    return grid
 
 
 # ----------------------------------------------------------------------------- 5. the reports

@@ -69,3 +69,14 @@ def retrain_markdown(outcome: Mapping[str, Any], grids: Sequence[str | Path] = (
                                        if registration else "none"))
     lines += ["", promotion_markdown(outcome.get("promotion"), grids)]
     return "\n".join(lines)
+
+
+def effects_rows(effects: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per metric x effect of an ablation's effects (reports/ablation.json ``effects``), for a table.
+
+    Args:
+        effects (Mapping): metric -> {"effects": [{name, estimate, low, high, verdict, seeds_needed}, ...]}.
+    """
+    return [{"metric": metric, "effect": e["name"], "estimate": e["estimate"], "low": e["low"], "high": e["high"],
+             "verdict": e["verdict"], "seeds_needed": e["seeds_needed"]}
+            for metric, entry in effects.items() for e in entry["effects"]]
