@@ -95,7 +95,8 @@ def test_effect_intervals_cover_the_true_effect_about_95_percent_of_the_time_wit
                 for name, on in (("on", True), ("off", False))]
         [effect] = factor_effects(arms, _mean_x, "higher_is_better", n_boot=100, seed=int(rng.integers(1 << 30)))
         covered += effect.interval.low <= 0.3 <= effect.interval.high
-    assert 0.88 <= covered / runs <= 0.995, covered / runs
+    # Issue 25 asks for 90-98 % (0.958 with this generator seed).
+    assert 0.90 <= covered / runs <= 0.98, covered / runs
 
 
 def test_two_seeds_per_arm_give_wide_intervals_not_false_alarms():
