@@ -3,7 +3,7 @@ tiny model's generated DEMs have the landform their captions ask for more often 
 more often than the same model given captions shuffled across cells.
 
 The whole DAG under real DVC on the demo profile (what `make demo` trains), fixed seeds, at least
-60 generations. The heaviest test of the suite (12 minutes on 2 cores): the micro world is too
+60 generations. The heaviest test of the suite (17 minutes alone on 2 cores): the micro world is too
 small for a model to learn what the captions say.
 
 What three training seeds support (demo profile, the paper's captions of issue 24, text encoder
@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import make_micro_project
 
 
-@pytest.mark.slow(minutes=14)
+@pytest.mark.slow(minutes=17)
 @pytest.mark.runs_last
 @pytest.mark.timeout(2400)
 def test_the_trained_demo_model_generates_the_landform_its_caption_asks_for(prefect_api, tmp_path):
