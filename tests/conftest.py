@@ -5,6 +5,14 @@ import os
 import tempfile
 from pathlib import Path
 
+# Under pytest-xdist each worker's numerical libraries (and the stage processes it starts) get
+# their share of the cores: torch's OpenMP threads spin while they wait, so two workers with a
+# thread per core each ran the demo-world VAE 3x slower than one worker alone.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_name, _THREADS)
+
 # Before any Prefect / HF / DVC import: offline, and Prefect's database out of the user's home.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="mesa-prefect-home-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
