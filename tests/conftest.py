@@ -7,7 +7,7 @@ from pathlib import Path
 
 # Under pytest-xdist each worker's numerical libraries (and the stage processes it starts) get
 # their share of the cores: torch's OpenMP threads spin while they wait, so two workers with a
-# thread per core each took 18 min for the demo-world VAE stage, 26 min for a third of the suite.
+# thread per core each took 18 minutes for the demo-world VAE stage alone.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     _THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
     for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
