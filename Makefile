@@ -32,10 +32,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/mesa demo
 
-# Tests run in TEST_WORKERS processes (pytest-xdist): one module per group, the costliest first
-# (tests/conftest.py); each worker has its own micro world and Prefect server.
+# Tests run in TEST_WORKERS processes (pytest-xdist): a module per worker at a time, the costliest
+# first (tests/conftest.py); each worker has its own micro world and Prefect server.
 TEST_WORKERS ?= 2
-XDIST := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Everything (what CI runs); the 25 slowest tests are listed at the end.
 test: $(STAMP)

@@ -105,34 +105,26 @@ def _module_minutes(item) -> float:
     return float(marker.kwargs.get("minutes", 0)) if marker else 0.0
 
 
-def _xdist_group(item) -> str:
-    """Tests that share fixtures run on one worker: a module each, the team tests together (one set
-    of team servers)."""
-    path = Path(str(item.path)).relative_to(PROJECT_ROOT)
-    return "team" if path.parts[:2] == ("tests", "team") else path.as_posix()
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Order the tests.
 
     One process: runs_last tests go last (a stable sort keeps every other order as collected): the
     demo-world DAG leaves the session's Prefect server busy with its events for a while.
-    Under pytest-xdist (`make test`: `-n 2 --dist loadgroup`; each worker has its own Prefect
-    server): every module is one group, and the costliest modules (their slow markers' minutes)
-    are handed out first, so the long ones overlap instead of finishing the run alone.
+    Under pytest-xdist (`make test`: `-n 2 --dist loadfile`, a module per worker at a time; each
+    worker has its own Prefect server) the costliest modules (their slow markers' minutes) are
+    handed out first, so the long ones overlap instead of finishing the run alone.
+    (`--dist loadgroup` would keep the team tests together, but pytest-xdist 3.8 cannot set its
+    groups on pytest 9's items.)
     """
     if config.getoption("--reverse"):
         items.reverse()
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
         return
-    cost: dict[str, float] = {}
+    cost: dict[Path, float] = {}
     for item in items:
-        group = _xdist_group(item)
-        cost[group] = max(cost.get(group, 0.0), _module_minutes(item))
-        item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: -cost[_xdist_group(item)])
+        cost[item.path] = max(cost.get(item.path, 0.0), _module_minutes(item))
+    items.sort(key=lambda item: -cost[item.path])
 
 
 @pytest.fixture(autouse=True)
