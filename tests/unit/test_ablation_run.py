@@ -202,3 +202,20 @@ def _run_catching(box, tmp_path, variant, jobs):
                                             on_line=lambda line: None, jobs=jobs)
     except ablation_run.VariantFailed as err:
         box["error"] = err
+
+
+def test_job_slots_hand_out_each_slot_once_until_given_back():
+    slots = ablation_run.job_slots(2)
+    assert sorted([slots.get_nowait(), slots.get_nowait()]) == [0, 1]
+    assert slots.empty()
+    assert ablation_run.job_slots(0).get_nowait() == 0  # at least one job at a time
+
+
+def test_a_variant_job_refuses_a_checkout_at_another_commit(project):
+    baseline = _git(project, "rev-parse", "HEAD")
+    ablation_run.require_checkout(project, baseline)  # the ablation's own commit: no complaint
+    (project / "note.txt").write_text("a later commit\n")
+    _git(project, "add", "note.txt")
+    _git(project, "commit", "-qm", "later")
+    with pytest.raises(RuntimeError, match=rf"at commit \w{{7}}, the ablation at {baseline[:7]}: check out"):
+        ablation_run.require_checkout(project, baseline)

@@ -1,7 +1,7 @@
 """What reviewers read (components/tracking/review.py): promotion and retrain outcomes as Markdown."""
 from __future__ import annotations
 
-from components.tracking.review import comparison_rows, promotion_markdown, retrain_markdown
+from components.tracking.review import comparison_rows, effects_rows, promotion_markdown, retrain_markdown
 
 PROMOTION = {
     "model": "mesa", "version": 3, "promoted": False, "champion": 2,
@@ -45,3 +45,11 @@ def test_the_retrain_markdown_lists_stages_push_registration_and_promotion():
     assert "- Registration: mesa version 3 (new, alias challenger)" in text and "**not promoted**" in text
     bare = retrain_markdown({"stages": [], "pushed": None, "registration": None, "promotion": None})
     assert "- DVC push: not run" in bare and "- Registration: none" in bare
+
+
+def test_effects_rows_give_one_row_per_metric_and_effect():
+    effect = {"name": "shadow on - off", "estimate": 0.02, "low": -0.01, "high": 0.05,
+              "verdict": "no detectable difference", "seeds_needed": 9, "extra": "dropped"}
+    rows = effects_rows({"rgb_dem_coherence": {"effects": [effect]}, "fid": {"effects": []}})
+    assert rows == [{"metric": "rgb_dem_coherence", "effect": "shadow on - off", "estimate": 0.02, "low": -0.01,
+                     "high": 0.05, "verdict": "no detectable difference", "seeds_needed": 9}]
