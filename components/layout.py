@@ -18,7 +18,7 @@ reports                one per stage (``SYNTH_REPORT`` ... ``TRAIN_CURVE``); the
                        files by name inside any reports folder (``METRICS_FILE``, ``EVAL_MD``,
                        ``EVAL_GRIDS``); ``PROMOTION_REPORT``, ``EVALUATIONS_DIR``, ``ABLATION_*``
 tracking and locks     ``MLFLOW_DB``, ``ARTIFACTS_DIR``, ``SPILL_DIR``, ``PREFECT_HOME_DIR``,
-                       ``RETRAIN_LOCK``, ``REGISTRY_LOCK``
+                       ``RETRAIN_LOCK``, ``REGISTRY_LOCK``, ``EXPERIMENT_START_LOCK``
 environment variables  ``*_ENV``: the names one process sets for the processes it starts
 =====================  =========================================================================
 
@@ -93,6 +93,7 @@ ARTIFACTS_DIR = "mlartifacts"
 SPILL_DIR = "mlruns-spill"  # what a run could not send before its tracking server came back
 PREFECT_HOME_DIR = ".prefect"
 RETRAIN_LOCK = ".mesa-retrain.lock"  # one retrain per workspace: stages share data/, models/, dvc.lock
+EXPERIMENT_START_LOCK = ".mesa-experiment-start.lock"  # one `dvc exp run --temp` at a time takes its queue entry
 REGISTRY_LOCK = ".mesa-registry.lock"  # serialises promotions and rollbacks of the project's registry
 
 # ----------------------------------------------------------------------------- environment variables

@@ -19,6 +19,7 @@ The registry is never touched: ablation models are compared, not promoted.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import subprocess
@@ -48,6 +49,7 @@ from components.layout import (
     ABLATION_GRID_DIR,
     ABLATION_JSON,
     ABLATION_MD,
+    EXPERIMENT_START_LOCK,
     MLFLOW_PARENT_RUN_ENV,
     MLFLOW_RUN_TAGS_ENV,
     PARAMS_FILE,
@@ -58,6 +60,7 @@ from components.versioning.dvc_git import dvc_command
 BASELINE_TAG = "mesa.ablation.baseline"
 VALIDATION_METRIC = "val/loss"  # the training loop's fixed held-out validation loss (last value)
 GRID_NAME = "shadow_correction"
+RAN_EXPERIMENTS = "Ran experiment(s): "  # what `dvc exp run` prints last
 EFFECTS_RESAMPLES = 1000
 
 
@@ -372,14 +375,27 @@ def run_variant_experiment(project_dir: str | Path, variant: Variant, experiment
     Raises:
         VariantFailed: `dvc exp run` exited non-zero (DVC keeps no experiment of it).
     """
+    from components.locks import exclusive_lock
     from components.processes import run_streaming
 
     command = variant_command(variant, experiment)
     on_line(" ".join(command[2:]))
     started = time.perf_counter()
     tail: deque[str] = deque(maxlen=tail_lines)
+    ran: list[str] = []
+    # `dvc exp run --temp` stashes its experiment in the repository's one queue, then runs whatever
+    # that queue holds until it is empty: two starting at once can each take the other's entry (and
+    # the other's environment, which carries the variant's MLflow tags). So one job at a time goes
+    # from launch to "Reproducing experiment" (its entry taken off the queue).
+    starting = contextlib.ExitStack()
+    starting.enter_context(exclusive_lock(Path(project_dir) / EXPERIMENT_START_LOCK,
+                                          purpose="starting a DVC experiment of the ablation"))
 
     def show(line: str) -> None:
+        if line.startswith("Reproducing experiment"):
+            starting.close()
+        elif line.startswith(RAN_EXPERIMENTS):
+            ran.extend(name.strip() for name in line[len(RAN_EXPERIMENTS):].split(","))
         tail.append(line)
         on_line(line)
 
@@ -392,6 +408,7 @@ def run_variant_experiment(project_dir: str | Path, variant: Variant, experiment
     try:
         returncode = run_streaming(command, cwd=project_dir, env=env, on_line=show, on_start=register)
     finally:
+        starting.close()
         for process in processes:
             if jobs is not None:
                 jobs.ended(process)
@@ -399,6 +416,10 @@ def run_variant_experiment(project_dir: str | Path, variant: Variant, experiment
         raise VariantFailed(f"ablation variant {variant.name!r} failed (dvc exp run exit {returncode}); "
                             f"DVC kept no experiment for it, so a rerun runs it again. Last output:\n"
                             + "\n".join(tail))
+    if ran and ran != [variant.name]:
+        raise VariantFailed(f"the DVC experiment job of {variant.name!r} also ran {', '.join(n for n in ran if n != variant.name)} "
+                            "(another job's queue entry, tagged as this variant in MLflow): remove those "
+                            "experiments (`dvc exp remove NAME`) and their MLflow runs, then run the ablation again")
     return {"variant": variant.name, "ran": True, "seconds": round(time.perf_counter() - started, 1)}
 
 

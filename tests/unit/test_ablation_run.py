@@ -219,3 +219,31 @@ def test_a_variant_job_refuses_a_checkout_at_another_commit(project):
     _git(project, "commit", "-qm", "later")
     with pytest.raises(RuntimeError, match=rf"at commit \w{{7}}, the ablation at {baseline[:7]}: check out"):
         ablation_run.require_checkout(project, baseline)
+
+
+def test_jobs_take_their_dvc_queue_entry_one_at_a_time_and_a_job_that_ran_another_fails(tmp_path, monkeypatch):
+    """`dvc exp run --temp` runs whatever the repository's experiment queue holds: a job starts only
+    once the previous one printed "Reproducing experiment" (its entry taken), and a job that still
+    ran someone else's entry fails, naming it."""
+    import threading
+
+    # Each fake job logs when it starts, announces its entry a little later, then works on.
+    log = tmp_path / "starts.log"
+    script = (f"echo start $$ >> {log}; sleep 0.5; echo \"Reproducing experiment 'x'\"; "
+              f"echo taken $$ >> {log}; sleep 0.5; echo 'Ran experiment(s): '$NAME")
+    monkeypatch.setattr(ablation_run, "variant_command", lambda v, e: ["sh", "-c", script])
+    variants = [Variant(True, True, 0), Variant(False, True, 0)]
+    threads = [threading.Thread(target=ablation_run.run_variant_experiment,
+                                args=(tmp_path, v, "x", {"PATH": "/bin:/usr/bin", "NAME": v.name}, lambda line: None))
+               for v in variants]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    events = [line.split()[0] for line in log.read_text().splitlines()]
+    assert events == ["start", "taken", "start", "taken"]  # never two jobs between start and taken
+
+    monkeypatch.setattr(ablation_run, "variant_command",
+                        lambda v, e: ["sh", "-c", "echo 'Ran experiment(s): shadow-on_dropout-on_seed-0, exp-a660f'"])
+    with pytest.raises(ablation_run.VariantFailed, match=r"also ran exp-a660f"):
+        ablation_run.run_variant_experiment(tmp_path, variants[0], "x", {"PATH": "/bin:/usr/bin"}, lambda line: None)
