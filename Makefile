@@ -34,8 +34,8 @@ demo: $(STAMP)
 
 # TEST_WORKERS=2 runs the tests in two processes (pytest-xdist): a module per worker at a time,
 # the costliest first (tests/conftest.py), each worker with its own micro world and Prefect server:
-# 30-34 min instead of about 55 on 2 cores, but two load-sensitive tests (the served-deploy Ctrl-C
-# and the ablation SIGTERM drill) failed under that load: one process stays the default.
+# 30-34 min instead of about 55 on 2 cores, but the served-deploy Ctrl-C test failed under that
+# load: one process stays the default.
 TEST_WORKERS ?= 1
 ifeq ($(TEST_WORKERS),1)
 XDIST :=

@@ -116,7 +116,7 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
         threads = ablation_run.threads_per_job(run.settings, os.cpu_count() or 1)
         pool = run.settings.get("work_pool")
         gpus = 0 if pool else ablation_run.visible_gpus()
-        slots = ablation_run.job_slots(parallel)
+        slots: queue.Queue = queue.Queue()  # opened below, once every job is submitted
         print(f"[ablation] up to {parallel} job(s) at once, {threads} CPU thread(s) each"
               + (f", {gpus} GPU(s)" if gpus else "") + (f", run by the workers of pool {pool!r}" if pool else ""))
         if pool:  # each worker's machine: its own cores unless threads_per_job says otherwise
@@ -126,6 +126,7 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
         else:
             futures = {v.name: run_variant.submit(v, str(root), run.experiment, run.parent_id, run.uri, commit,
                                                   slots, threads, gpus, jobs) for v in todo}
+        ablation_run.open_job_slots(slots, parallel)
         outcomes.update({name: future.result() for name, future in futures.items()})
 
         # 3. Collect every variant's evaluation and validation loss from its training run.

@@ -229,13 +229,12 @@ def variants_to_run(run: AblationRun, say: Callable[[str], None]) -> tuple[list[
     return todo, reused
 
 
-def job_slots(parallel: int) -> queue.Queue:
-    """A queue of `parallel` job slot numbers: a job takes one to start and gives it back when done
-    (the slot also picks its GPU)."""
-    slots: queue.Queue = queue.Queue()
+def open_job_slots(slots: queue.Queue, parallel: int) -> None:
+    """Put `parallel` (at least one) job slot numbers into `slots`: a job takes one to start and gives
+    it back when done (the slot also picks its GPU). The flow opens them once every job is
+    submitted, so no job starts while it is still submitting (a SIGTERM then finds it waiting)."""
     for slot in range(max(1, parallel)):
         slots.put(slot)
-    return slots
 
 
 def require_checkout(project_dir: str | Path, baseline: str) -> None:

@@ -205,10 +205,14 @@ def _run_catching(box, tmp_path, variant, jobs):
 
 
 def test_job_slots_hand_out_each_slot_once_until_given_back():
-    slots = ablation_run.job_slots(2)
+    import queue
+
+    slots: queue.Queue = queue.Queue()
+    ablation_run.open_job_slots(slots, 2)
     assert sorted([slots.get_nowait(), slots.get_nowait()]) == [0, 1]
     assert slots.empty()
-    assert ablation_run.job_slots(0).get_nowait() == 0  # at least one job at a time
+    ablation_run.open_job_slots(slots, 0)
+    assert slots.get_nowait() == 0  # at least one job at a time
 
 
 def test_a_variant_job_refuses_a_checkout_at_another_commit(project):
