@@ -108,6 +108,7 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
     print(f"[ablation] {len(run.variants)} variants at commit {commit[:7]}; MLflow parent run {run.parent_id} "
           f"(experiment {run.experiment!r}, {run.uri})")
     jobs = ablation_run.RunningJobs()
+    slots: queue.Queue = queue.Queue()  # opened once every job is submitted
     try:
         # 2. Each variant x seed as a DVC experiment, unless DVC and MLflow already hold it; up to
         #    ablation.parallel at once (DVC runs each --temp experiment in its own copy).
@@ -116,7 +117,6 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
         threads = ablation_run.threads_per_job(run.settings, os.cpu_count() or 1)
         pool = run.settings.get("work_pool")
         gpus = 0 if pool else ablation_run.visible_gpus()
-        slots: queue.Queue = queue.Queue()  # opened below, once every job is submitted
         print(f"[ablation] up to {parallel} job(s) at once, {threads} CPU thread(s) each"
               + (f", {gpus} GPU(s)" if gpus else "") + (f", run by the workers of pool {pool!r}" if pool else ""))
         if pool:  # each worker's machine: its own cores unless threads_per_job says otherwise
@@ -139,6 +139,7 @@ def ablation_flow(project_dir: str) -> dict[str, Any]:
         summary = ablation_run.write_reports(run, entries, grid)
     except BaseException:
         jobs.stop_all()  # jobs run in worker threads: the main thread's exception does not reach them
+        ablation_run.open_job_slots(slots, len(run.variants))  # jobs still waiting wake, see the stop, end
         run.finish("FAILED")
         raise
     run.finish("FINISHED")
