@@ -60,6 +60,7 @@ from components.versioning.dvc_git import dvc_command
 BASELINE_TAG = "mesa.ablation.baseline"
 VALIDATION_METRIC = "val/loss"  # the training loop's fixed held-out validation loss (last value)
 GRID_NAME = "shadow_correction"
+REPRODUCING = "Reproducing experiment"  # what `dvc exp run` prints once its queue entry is taken
 RAN_EXPERIMENTS = "Ran experiment(s): "  # what `dvc exp run` prints last
 EFFECTS_RESAMPLES = 1000
 
@@ -391,7 +392,7 @@ def run_variant_experiment(project_dir: str | Path, variant: Variant, experiment
                                           purpose="starting a DVC experiment of the ablation"))
 
     def show(line: str) -> None:
-        if line.startswith("Reproducing experiment"):
+        if line.startswith(REPRODUCING):
             starting.close()
         elif line.startswith(RAN_EXPERIMENTS):
             ran.extend(name.strip() for name in line[len(RAN_EXPERIMENTS):].split(","))
