@@ -8,7 +8,9 @@ What is deployed and on which server: :mod:`components.ops.deployments`.
 """
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 from pathlib import Path
 from typing import Any, Optional
 
@@ -122,6 +124,8 @@ def deploy_command(
 
     root = project_root()
     os.chdir(root)  # entrypoints are relative to the project root
+    # A served process that does not stop: `kill -USR1 PID` writes where every thread is to stderr.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         specs = deployment_specs(root, flows=flow)
         deployments = runner_deployments(root, specs)  # no server needed yet: fail early on a missing flow

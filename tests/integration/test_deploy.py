@@ -46,18 +46,27 @@ def process_env(api_url: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def background(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
-    """Run `command` in the background; on exit interrupt it (Ctrl-C) and wait for it to stop."""
+    """Run `command` in the background; on exit press Ctrl-C and wait for it to stop.
+
+    Ctrl-C in a terminal interrupts the whole foreground process group (the server or worker and
+    the flow-run processes it started), so the command gets its own group and the SIGINT goes to
+    the group. A command still running 90 s later gets SIGUSR1 first (`mesa deploy` then writes
+    every thread's stack to its log), then is killed.
+    """
     with open(log, "wb") as out:
-        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
         yield proc
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            os.killpg(proc.pid, signal.SIGINT)
             try:
                 proc.wait(timeout=90)  # pausing the schedules on a loaded server can take a while
             except subprocess.TimeoutExpired:
-                proc.kill()
+                proc.send_signal(signal.SIGUSR1)
+                time.sleep(2)
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
 
