@@ -32,11 +32,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/mesa demo
 
-# TEST_WORKERS=2 runs the tests in two processes (pytest-xdist): a module per worker at a time,
-# the costliest first (tests/conftest.py), each worker with its own micro world and Prefect server:
-# 30-34 min instead of about 55 on 2 cores, but the served-deploy Ctrl-C test failed under that
-# load: one process stays the default.
-TEST_WORKERS ?= 1
+# Two test processes by default (pytest-xdist): a module per worker at a time, the costliest first
+# (tests/conftest.py), each worker with its own micro world and Prefect server and its numerical
+# libraries pinned to its share of the cores. TEST_WORKERS=1 runs everything in one process.
+TEST_WORKERS ?= 2
 ifeq ($(TEST_WORKERS),1)
 XDIST :=
 else

@@ -29,7 +29,7 @@ from components.evaluation import effects as effects_module
 from components.evaluation.effects import Arm
 from components.evaluation.per_cell import PER_CELL_METRICS, metric_statistic
 
-__all__ = ["analyse", "arms_of", "forest_plot", "markdown", "pooled_seed_sd", "seeds_needed", "spread_record"]
+__all__ = ["analyse", "arms_of", "forest_plot", "forest_rows", "markdown", "pooled_seed_sd", "seeds_needed", "spread_record"]
 
 Z_ALPHA, Z_POWER = 1.959964, 0.841621  # two-sided 5 %, 80 % power
 
@@ -180,8 +180,38 @@ def markdown(analysis: Mapping[str, Mapping[str, Any]], forest: str | None = Non
     return "\n".join(lines) + "\n"
 
 
+def forest_rows(analysis: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The forest plot's rows: one per (metric, effect), on one scale whatever the metric's units.
+
+    Each difference and its interval are divided by the metric's training-seed SD and signed so
+    that positive is better (a lower-is-better metric's differences are negated): metrics in
+    metres, degrees and fractions then share one axis, and the distance from 0 reads as "how many
+    retraining spreads". A row without an interval or without a seed SD keeps ``low`` / ``high``
+    None (its ``text`` says why).
+
+    Returns:
+        list of dicts: ``label`` ("metric: effect"), ``estimate``, ``low``, ``high`` (in seed SDs,
+        positive = better, or None), ``verdict``, ``text`` (the raw difference and interval, or
+        why there is none).
+    """
+    rows = []
+    for name, entry in analysis.items():
+        sd = entry.get("seed_sd")
+        sign = -1.0 if entry["direction"] == "lower_is_better" else 1.0
+        for effect in entry["effects"]:
+            scaled = sd is not None and sd > 0 and effect.get("low") is not None and effect.get("high") is not None
+            ends = sorted((sign * effect["low"] / sd, sign * effect["high"] / sd)) if scaled else (None, None)
+            rows.append({"label": f"{name}: {effect['name']}",
+                         "estimate": sign * effect["estimate"] / sd if scaled else None,
+                         "low": ends[0], "high": ends[1], "verdict": effect["verdict"],
+                         "text": _interval_text(effect) + ("" if scaled or effect.get("low") is None
+                                                           else " (not drawn: no seed spread)")})
+    return rows
+
+
 def forest_plot(analysis: Mapping[str, Mapping[str, Any]]):
-    """One row per (metric, effect): the difference and its interval, 0 marked; better green, worse red."""
+    """The effects on one axis (``forest_rows``: seed SDs, right = better), 0 marked; better green,
+    worse red; each row's raw difference and interval written at the right."""
     import io
 
     import matplotlib
@@ -189,24 +219,26 @@ def forest_plot(analysis: Mapping[str, Mapping[str, Any]]):
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    rows = [(name, effect) for name, entry in analysis.items() for effect in entry["effects"]]
-    height = 0.9 + 0.42 * max(1, len(rows))
-    figure, axes = plt.subplots(len(analysis) or 1, 1, figsize=(7.5, height), squeeze=False)
+    rows = forest_rows(analysis)
+    figure, axis = plt.subplots(figsize=(10.5, 1.3 + 0.38 * max(1, len(rows))))
     colours = {"better": "#1a9850", "worse": "#d73027"}
-    for axis, (name, entry) in zip(axes[:, 0], analysis.items()):
-        for y, effect in enumerate(entry["effects"]):
-            colour = colours.get(effect["verdict"], "#4d4d4d")
-            if effect.get("low") is not None and effect.get("high") is not None:
-                axis.plot([effect["low"], effect["high"]], [y, y], color=colour, linewidth=2)
-            axis.plot([effect["estimate"]], [y], "o", color=colour)
-        axis.axvline(0.0, color="#999999", linewidth=1, linestyle="--")
-        axis.set_yticks(range(len(entry["effects"])), [e["name"] for e in entry["effects"]], fontsize=8)
-        axis.set_ylim(-0.6, len(entry["effects"]) - 0.4)
-        axis.set_title(f"{name} ({entry['direction'].replace('_', ' ')})", fontsize=9, loc="left")
-        axis.tick_params(axis="x", labelsize=8)
+    for y, row in enumerate(rows):
+        colour = colours.get(row["verdict"], "#4d4d4d")
+        if row["low"] is not None:
+            axis.plot([row["low"], row["high"]], [y, y], color=colour, linewidth=2.5)
+            axis.plot([row["estimate"]], [y], "o", color=colour)
+        axis.annotate(row["text"], (1.01, y),
+                      xycoords=("axes fraction", "data"), va="center", fontsize=8)
+    axis.axvline(0.0, color="#999999", linewidth=1, linestyle="--")
+    axis.set_yticks(range(len(rows)), [row["label"] for row in rows], fontsize=8)
+    axis.set_ylim(len(rows) - 0.4, -0.6)  # the first metric on top, as in the table
+    axis.set_xlabel("difference in training-seed SDs of the metric (right = better); 95 % intervals", fontsize=8)
+    axis.tick_params(axis="x", labelsize=8)
+    axis.set_title("Effects (green: better, red: worse, grey: no detectable difference); "
+                   "right: the difference in the metric's units", fontsize=9, loc="left")
     figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
     buffer.seek(0)
     return Image.open(buffer).convert("RGB")

@@ -103,3 +103,29 @@ def test_two_seeds_per_arm_give_wide_intervals_not_false_alarms():
     arms = _design(seeds=(0, 1), rng_seed=3)
     effects = factor_effects(arms, _mean_x, "higher_is_better", n_boot=200)
     assert [e.verdict for e in effects] == [NO_DIFFERENCE] * 3
+
+
+def test_the_forest_plot_puts_every_metric_on_one_scale_with_better_to_the_right():
+    """Differences in seed SDs, signed so that positive is better (a lower-is-better metric is negated);
+    a row without an interval is not drawn and says why. The plot itself is an image of those rows."""
+    from components.evaluation.replicates import forest_plot, forest_rows
+
+    def effect(estimate, low, high, verdict, note=None):
+        return {"name": "shadow on - off", "estimate": estimate, "low": low, "high": high, "verdict": verdict,
+                "note": note, "seeds_needed": None}
+
+    analysis = {
+        "rgb_dem_coherence": {"direction": "higher_is_better", "seed_sd": 0.02,
+                              "effects": [effect(0.1, 0.04, 0.16, "better")]},
+        "realism_w1_slope_deg": {"direction": "lower_is_better", "seed_sd": 2.0,
+                                 "effects": [effect(3.0, 1.0, 5.0, "worse")]},
+        "landform_balanced_accuracy": {"direction": "higher_is_better", "seed_sd": None,
+                                       "effects": [effect(0.05, None, None, NO_DIFFERENCE, "fewer than 2 seeds")]},
+    }
+    coherence, slope, landform = forest_rows(analysis)
+    assert (coherence["estimate"], coherence["low"], coherence["high"]) == pytest.approx((5.0, 2.0, 8.0))
+    assert (slope["estimate"], slope["low"], slope["high"]) == pytest.approx((-1.5, -2.5, -0.5))  # worse: left
+    assert slope["label"] == "realism_w1_slope_deg: shadow on - off" and slope["text"] == "3 [1, 5]"
+    assert landform["low"] is None and landform["estimate"] is None and "fewer than 2 seeds" in landform["text"]
+    image = forest_plot(analysis)
+    assert image.size[0] > 600 and image.size[1] > 150
