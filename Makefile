@@ -32,10 +32,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/mesa demo
 
-# Two test processes by default (pytest-xdist): a module per worker at a time, the costliest first
-# (tests/conftest.py), each worker with its own micro world and Prefect server and its numerical
-# libraries pinned to its share of the cores. TEST_WORKERS=1 runs everything in one process.
-TEST_WORKERS ?= 2
+# TEST_WORKERS=2 runs the tests in two processes (pytest-xdist): a module per worker at a time,
+# the costliest first (tests/conftest.py), each worker with its own micro world and Prefect server
+# and its numerical libraries pinned to its share of the cores. On 2 cores that is not reliably
+# faster (README "Tests"): one process stays the default and what CI runs.
+TEST_WORKERS ?= 1
 ifeq ($(TEST_WORKERS),1)
 XDIST :=
 else

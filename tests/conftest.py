@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
+import warnings
 from pathlib import Path
 
 # Under pytest-xdist each worker's numerical libraries (and the stage processes it starts) get
@@ -125,6 +128,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         cost[item.path] = max(cost.get(item.path, 0.0), _module_minutes(item))
     items.sort(key=lambda item: -cost[item.path])
+
+
+# How this process handles the stop signals when the session starts (every test should leave it so).
+_STOP_SIGNALS = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_not_leaked(request):
+    """A test (or a library it calls in-process, or a module fixture it set up) that leaves SIGINT or
+    SIGTERM handled otherwise than at the session's start changes what every later subprocess
+    inherits (an ignored signal survives exec): put the handler back and say which test it was."""
+    yield
+    for sig, handler in _STOP_SIGNALS.items():
+        now = signal.getsignal(sig)
+        if now != handler and threading.current_thread() is threading.main_thread():
+            signal.signal(sig, handler)
+            warnings.warn(f"{request.node.nodeid} (or its fixtures) left {sig.name} handled by {now!r} instead of "
+                          f"{handler!r}: restored", pytest.PytestWarning, stacklevel=1)
 
 
 @pytest.fixture(autouse=True)

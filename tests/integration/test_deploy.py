@@ -44,18 +44,27 @@ def process_env(api_url: str) -> dict[str, str]:
                 PREFECT_WORKER_HEARTBEAT_SECONDS="5")
 
 
+def _sigint_at_its_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def background(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
     """Run `command` in the background; on exit press Ctrl-C and wait for it to stop.
 
     Ctrl-C in a terminal interrupts the whole foreground process group (the server or worker and
     the flow-run processes it started), so the command gets its own group and the SIGINT goes to
-    the group. A command still running 90 s later gets SIGUSR1 first (`mesa deploy` then writes
-    every thread's stack to its log), then is killed.
+    the group. The command starts with SIGINT at its default, as from a terminal, whatever this
+    process has: an ignored SIGINT is inherited across exec, and in a two-worker run `mesa deploy`
+    sat through Ctrl-C that way (its stack dump: the event loop idle, no shutdown begun) after
+    its worker had run other modules (one way to get there: DVC's stage runner ignores SIGINT
+    while a command runs and restores only a truthy previous handler, and SIG_DFL is 0). A
+    command still running 90 s later gets SIGUSR1 first (`mesa deploy` then writes every
+    thread's stack to its log), then is killed.
     """
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_sigint_at_its_default)
     try:
         yield proc
     finally:
