@@ -32,11 +32,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/mesa demo
 
-# TEST_WORKERS=2 runs the tests in two processes (pytest-xdist): a module per worker at a time,
-# the costliest first (tests/conftest.py), each worker with its own micro world and Prefect server
-# and its numerical libraries pinned to its share of the cores. On 2 cores that is not reliably
-# faster (README "Tests"): one process stays the default and what CI runs.
-TEST_WORKERS ?= 1
+# Two processes by default (pytest-xdist): a module per worker at a time, the costliest first
+# (tests/conftest.py), each worker with its own micro world and Prefect server and its numerical
+# libraries pinned to its share of the cores. One process (TEST_WORKERS=1) leaves the cores idle
+# while tests wait on subprocesses and servers: about 55 minutes instead of about 32 on 2 cores.
+TEST_WORKERS ?= 2
 ifeq ($(TEST_WORKERS),1)
 XDIST :=
 else
