@@ -120,6 +120,7 @@ def score(candidate: Pairs, reference: Pairs, pixel_size_m: float,
         "biome_adherence_js": biome["value"],
         "rgb_dem_coherence": metrics.rgb_dem_coherence(candidate.rgb, candidate.dem_m, pixel_size_m),
         "diversity": metrics.diversity(repeated) if repeated else float("nan"),
+        "dem_artefact_share": metrics.dem_artefact_share(candidate.dem_m) if len(candidate) else float("nan"),
         **metrics.realism_distances(candidate.dem_m, reference.dem_m, pixel_size_m),
     }
     return {k: float(v) for k, v in result.items()}
@@ -132,6 +133,35 @@ def landform_adherence(candidate: Pairs, pixel_size_m: float,
     asked = [(i, lf) for i, lf in enumerate(candidate.landform) if lf]
     predicted = metrics.classify_dems(candidate.dem_m[[i for i, _ in asked]], pixel_size_m, thresholds)
     return metrics.landform_balanced_accuracy(predicted, [lf for _, lf in asked])
+
+
+def relief_by_landform(candidate: Pairs, reference: Pairs, pixel_size_m: float) -> dict[str, dict[str, float | None]]:
+    """Per landform the captions ask for: the median relief (the landform rules' robust range,
+    ``landform_inputs``' ``relief_m``) of the candidate DEMs asked for it, of the real DEMs of
+    that class, and their ratio (1 = the real relief; plains coming back at twice their relief: 2).
+
+    Returns:
+        ``{landform: {"generated_median_m", "real_median_m", "ratio", "generated", "real"}}``
+        (counts in the last two; None where a side has no DEM).
+    """
+    from components.captions.landform import landform_inputs
+
+    def medians(pairs: Pairs) -> dict[str, tuple[float, int]]:
+        relief: dict[str, list[float]] = {}
+        for landform, dem in zip(pairs.landform, pairs.dem_m):
+            if landform:
+                relief.setdefault(landform, []).append(landform_inputs(dem, pixel_size_m)["relief_m"])
+        return {k: (float(np.median(v)), len(v)) for k, v in relief.items()}
+
+    generated, real = medians(candidate), medians(reference)
+    out: dict[str, dict[str, float | None]] = {}
+    for landform in sorted(set(generated) | set(real)):
+        gen_m, gen_n = generated.get(landform, (None, 0))
+        real_m, real_n = real.get(landform, (None, 0))
+        ratio = gen_m / real_m if gen_m is not None and real_m else None
+        out[landform] = {"generated_median_m": json_number(gen_m), "real_median_m": json_number(real_m),
+                         "ratio": json_number(ratio), "generated": gen_n, "real": real_n}
+    return out
 
 
 def in_paper_words(cells: Pairs) -> Pairs:

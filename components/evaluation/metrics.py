@@ -18,6 +18,9 @@ What each metric says, and which way is better (:func:`metric_directions` lists 
                                 luminance (best sun azimuth); compare with real pairs
 ``diversity``                   mean pairwise difference between the seeds' samples    higher
                                 of one caption; 0 = mode collapse
+``dem_artefact_share``          share of a DEM's spectral energy in isolated peaks     lower
+                                (stripes, a grid at the latent spacing), mean over
+                                DEMs; compare with real DEMs
 =============================  ====================================================  ===========
 
 Reused, not re-implemented: the landform measurement and rules
@@ -67,6 +70,9 @@ __all__ = [
     "rgb_dem_correlations",
     "rgb_dem_coherence",
     "diversity",
+    "ARTEFACT_PEAK_FACTOR",
+    "dem_artefact_shares",
+    "dem_artefact_share",
     "metric_directions",
 ]
 
@@ -574,7 +580,59 @@ def diversity(samples_by_caption: Mapping[str, Sequence[Any]]) -> float:
     return float(np.mean(per_caption))
 
 
-# ----------------------------------------------------------------------------- 7. directions
+# ----------------------------------------------------------------------------- 7. artefacts
+
+#: A spectral bin counts as an isolated peak when its power is this many times the median of the
+#: 5 x 5 bins around it: natural relief has a smooth, steeply falling spectrum, while decoder
+#: artefacts (stripes, a grid at the latent spacing) put their energy in a few sharp bins.
+ARTEFACT_PEAK_FACTOR = 10.0
+_ARTEFACT_WINDOW = 5
+# The lowest frequencies (periods over a quarter of the tile) fall too steeply for a neighbourhood
+# median to judge them; on random fractal terrain the share is then about 0.001.
+_ARTEFACT_MIN_RADIUS = 4.0
+
+
+def dem_artefact_shares(dems_m: Any) -> np.ndarray:
+    """Share of each DEM's spectral energy in isolated peaks (0 = none, 1 = all), float64 ``(N,)``.
+
+    Per DEM: the best-fitting plane is removed, a Hann window applied, and the 2-D power spectrum
+    taken without its zero frequency. A bin within ``_ARTEFACT_MIN_RADIUS`` of zero frequency never
+    counts; any other bin counts when its power exceeds ``ARTEFACT_PEAK_FACTOR`` times the median of
+    the 5 x 5 bins around it (the spectrum wraps). A plane (a flat DEM too) scores 0.
+
+    Args:
+        dems_m: finite elevations in metres, ``(N, H, W)`` or one ``(H, W)``.
+    """
+    stack = _as_dem_stack(dems_m)
+    _, h, w = stack.shape
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
+    design = np.stack([np.ones(h * w), rows.ravel(), cols.ravel()], axis=1)
+    window = np.outer(np.hanning(h), np.hanning(w))
+    fy = np.fft.fftfreq(h) * h
+    fx = np.fft.fftfreq(w) * w
+    low = np.hypot(fy[:, None], fx[None, :]) <= _ARTEFACT_MIN_RADIUS
+    shares = np.zeros(len(stack))
+    for i, dem in enumerate(stack):
+        z = dem.astype(np.float64)
+        plane, *_ = np.linalg.lstsq(design, z.ravel(), rcond=None)
+        detrended = (z.ravel() - design @ plane).reshape(h, w) * window
+        if not np.abs(detrended).max() > 1e-6:  # a plane to a micrometre: no relief, no artefact
+            continue
+        power = np.abs(np.fft.fft2(detrended)) ** 2
+        power[0, 0] = 0.0
+        total = power.sum()
+        neighbourhood = ndimage.median_filter(power, size=_ARTEFACT_WINDOW, mode="wrap")
+        peaks = (power > ARTEFACT_PEAK_FACTOR * neighbourhood) & ~low
+        shares[i] = power[peaks].sum() / total
+    return shares
+
+
+def dem_artefact_share(dems_m: Any) -> float:
+    """Mean of :func:`dem_artefact_shares` over the DEMs; compare with the real reference's."""
+    return float(dem_artefact_shares(dems_m).mean())
+
+
+# ----------------------------------------------------------------------------- 8. directions
 
 
 def metric_directions() -> dict[str, str]:
@@ -584,6 +642,7 @@ def metric_directions() -> dict[str, str]:
         "biome_adherence_js": _LOWER,
         "rgb_dem_coherence": _HIGHER,
         "diversity": _HIGHER,
+        "dem_artefact_share": _LOWER,
     }
     # realism_distances' keys, so the two can never drift apart
     directions.update({f"realism_w1_{name}": _LOWER for name in DESCRIPTOR_NAMES})

@@ -15,6 +15,8 @@ same evaluation pair by pair, the evaluate stage keeps one row per generation
 ``rgb_dem_correlation``    the image's luminance against its DEM's hillshade (best azimuth)
 ``biome_js``               Jensen-Shannon distance of this image's colours to the real images of
                            its biome|month group (NaN when the group has no real image)
+``artefact_share``         the share of the DEM's spectral energy in isolated peaks (stripes, grids;
+                           ``metrics.dem_artefact_shares``)
 =========================  ========================================================================
 
 The held-out denoising loss has rows of its own (``denoising_rows``; ``source`` "denoising"): one
@@ -102,6 +104,7 @@ def per_generation_table(
         table[name] = descriptors[name].to_numpy(dtype=np.float64)
     table["rgb_dem_correlation"] = metrics.rgb_dem_correlations(rgb, dems_m, pixel_size_m) if n else []
     table["biome_js"] = _biome_js(rgb, groups, reference_rgb, reference_groups)
+    table["artefact_share"] = metrics.dem_artefact_shares(dems_m) if n else []
     table["group"] = list(groups)
     if table.duplicated(list(KEY)).any():
         raise ValueError("per_generation_table: (cell, seed) pairs repeat; each generation needs its own pair")
@@ -125,8 +128,8 @@ def set_metrics(table: pd.DataFrame, reference: pd.DataFrame | None = None) -> d
     """The headline numbers of a per-generation table.
 
     landform_balanced_accuracy (requests at the level they name), rgb_dem_coherence (mean
-    correlation), biome_js_mean (mean per-image distance), and with ``reference`` (the real
-    pairs' table) realism_w1_<descriptor>. NaN where a table lacks what a metric needs.
+    correlation), biome_js_mean (mean per-image distance), dem_artefact_share (mean), and with
+    ``reference`` (the real pairs' table) realism_w1_<descriptor>. NaN where a table lacks what a metric needs.
     """
     asked = table[table["landform_requested"].notna()]
     accuracy = (metrics.landform_balanced_accuracy(asked["landform_predicted"].tolist(),
@@ -136,6 +139,7 @@ def set_metrics(table: pd.DataFrame, reference: pd.DataFrame | None = None) -> d
         "landform_balanced_accuracy": float(accuracy),
         "rgb_dem_coherence": float(table["rgb_dem_correlation"].mean()) if len(table) else np.nan,
         "biome_js_mean": float(table["biome_js"].mean()) if table["biome_js"].notna().any() else np.nan,
+        "dem_artefact_share": float(table["artefact_share"].mean()) if len(table) else np.nan,
     }
     if reference is not None:
         for name in metrics.DESCRIPTOR_NAMES:
@@ -178,7 +182,7 @@ def denoising_loss(table: pd.DataFrame, shuffled: bool = False) -> float:
 
 #: The metrics a per-cell table gives back (``set_metrics``, ``denoising_loss``), by name.
 PER_CELL_METRICS: tuple[str, ...] = (
-    DENOISING_METRIC, "landform_balanced_accuracy", "rgb_dem_coherence", "biome_js_mean",
+    DENOISING_METRIC, "landform_balanced_accuracy", "rgb_dem_coherence", "biome_js_mean", "dem_artefact_share",
     *(f"realism_w1_{name}" for name in metrics.DESCRIPTOR_NAMES),
 )
 
@@ -204,6 +208,8 @@ def metric_statistic(name: str) -> _STATISTIC:
             return float(asked.groupby("landform_requested")["landform_correct"].mean().mean())
         if name == "rgb_dem_coherence":
             return float(generated["rgb_dem_correlation"].mean()) if len(generated) else np.nan
+        if name == "dem_artefact_share":
+            return float(generated["artefact_share"].mean()) if len(generated) else np.nan
         if name == "biome_js_mean":
             values = generated["biome_js"]
             return float(values.mean()) if values.notna().any() else np.nan

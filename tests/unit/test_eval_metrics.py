@@ -15,6 +15,8 @@ from components.evaluation.metrics import (
     biome_adherence,
     classify_dems,
     colour_histogram,
+    dem_artefact_share,
+    dem_artefact_shares,
     diversity,
     histogram_distance,
     hypsometric_integral,
@@ -284,3 +286,59 @@ def test_metric_directions_cover_every_metric():
     assert directions["biome_adherence_js"] == "lower_is_better"
     assert directions["rgb_dem_coherence"] == "higher_is_better"
     assert directions["diversity"] == "higher_is_better"
+    assert directions["dem_artefact_share"] == "lower_is_better"
+
+
+def fractal_dems(count: int, std_m: float, seed: int = 0) -> np.ndarray:
+    """Random terrain with a natural, power-law spectrum (power ~ 1 / f^3)."""
+    rng = np.random.default_rng(seed)
+    f = np.hypot(np.fft.fftfreq(SIZE)[:, None], np.fft.fftfreq(SIZE)[None, :])
+    f[0, 0] = 1.0
+    out = []
+    for _ in range(count):
+        spectrum = (rng.normal(size=(SIZE, SIZE)) + 1j * rng.normal(size=(SIZE, SIZE))) / f ** 1.5
+        z = np.real(np.fft.ifft2(spectrum))
+        out.append(100.0 + z / z.std() * std_m)
+    return np.stack(out)
+
+
+def test_artefact_share_is_near_zero_on_natural_terrain_and_high_on_striped_plains():
+    plains, mountains = fractal_dems(20, 3.0), fractal_dems(20, 300.0, seed=1)
+    # stripes every 8 px (the latent spacing of a 64 px tile), 2 m high: what a decoder leaves on plains
+    stripes = 2.0 * np.sin(2 * np.pi * np.arange(SIZE) / 8)[:, None] * np.ones((1, SIZE))
+    grid = 2.0 * ((np.arange(SIZE) % 8 == 0)[:, None] | (np.arange(SIZE) % 8 == 0)[None, :])
+    assert dem_artefact_share(plains) < 0.01 and dem_artefact_share(mountains) < 0.01
+    assert dem_artefact_share(plains + stripes) > 0.1
+    assert dem_artefact_share(plains + grid) > 0.05
+    # the same stripes are a negligible share of a mountain's energy
+    assert dem_artefact_share(mountains + stripes) < 0.01
+    shares = dem_artefact_shares(np.concatenate([plains[:2], plains[:2] + stripes]))
+    assert shares.shape == (4,) and shares[:2].max() < shares[2:].min()
+
+
+def test_artefact_share_of_flat_and_tilted_dems_is_zero():
+    assert dem_artefact_shares(np.full((2, SIZE, SIZE), 350.0)).tolist() == [0.0, 0.0]
+    tilted = 10.0 * np.arange(SIZE)[:, None] + 3.0 * np.arange(SIZE)[None, :]
+    assert dem_artefact_share(tilted) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_relief_by_landform_compares_the_median_relief_asked_for_with_the_real_one():
+    from components.captions.landform import landform_inputs
+    from components.evaluation.evaluate import Pairs, relief_by_landform
+
+    def pairs(dems, landforms):
+        n = len(dems)
+        return Pairs(np.zeros((n, SIZE, SIZE, 3), np.uint8), np.stack(dems), ["c"] * n, landforms, ["g"] * n)
+
+    real_plain, real_hill = egg_box(10.0), egg_box(100.0)
+    real = pairs([real_plain, real_hill], ["plains", "hills"])
+    # plains generated at twice their relief; hills asked for but none of them real in a third class
+    generated = pairs([egg_box(20.0), egg_box(20.0), egg_box(100.0), egg_box(5.0)],
+                      ["plains", "plains", "hills", "tablelands"])
+    report = relief_by_landform(generated, real, PIXEL_M)
+    plains_real = landform_inputs(real_plain, PIXEL_M)["relief_m"]
+    assert report["plains"]["real_median_m"] == pytest.approx(plains_real, rel=1e-6)
+    assert report["plains"]["ratio"] == pytest.approx(2.0, rel=1e-3)
+    assert report["plains"]["generated"] == 2 and report["plains"]["real"] == 1
+    assert report["hills"]["ratio"] == pytest.approx(1.0)
+    assert report["tablelands"]["real_median_m"] is None and report["tablelands"]["ratio"] is None
