@@ -1,7 +1,7 @@
 """params.yaml ``prepare`` (training samples), ``shadow`` (which image variant trains) and ``latents``."""
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
@@ -29,6 +29,9 @@ class PrepareConfig(ParamsModel):
         store_both_variants: store the plain L2A and the shadow-corrected image (default True).
         rgb_rule: ``RgbRule``.
         dem_scale_m: S in (elevation - cell mean) / S, metres > 0, or ``auto``.
+        dem_knee_m: None (default): the DEM enters the model linearly, ``d / S``; metres > 0: it
+            is companded, ``asinh(d / k) / asinh(S / k)`` (components.samples.dem_encoding), so
+            flat ground keeps more of the model's range.
         test_share: share of cells held out, by grid cell, in [0, 1].
         split_salt: namespace of the split's hash (changing it reshuffles the split).
         workers: shards prepared at the same time (default 1).
@@ -42,6 +45,7 @@ class PrepareConfig(ParamsModel):
     store_both_variants: bool = True
     rgb_rule: RgbRule = Field(default_factory=RgbRule)
     dem_scale_m: Union[Literal["auto"], PositiveFloat]
+    dem_knee_m: Optional[PositiveFloat] = None
     test_share: Probability
     split_salt: NonBlank
     workers: Count = 1

@@ -18,7 +18,7 @@ DIRECTION = "lower_is_better"
 
 
 def heldout_denoising_loss(pipeline, shards: Sequence[str], dem_scale_m: float, shadow: bool,
-                           max_samples: int) -> dict[str, float]:
+                           max_samples: int, dem_knee_m: float | None = None) -> dict[str, float]:
     """The masked v-prediction loss of ``pipeline`` on up to ``max_samples`` held-out samples.
 
     Args:
@@ -27,6 +27,7 @@ def heldout_denoising_loss(pipeline, shards: Sequence[str], dem_scale_m: float, 
         dem_scale_m: stats.json's DEM scale (the DEM normalisation training used).
         shadow: the image variant the model was trained on (params shadow.enabled).
         max_samples: cap on the held-out samples (all are encoded in one batch).
+        dem_knee_m: stats.json's DEM knee (None: the DEM entered linearly).
 
     Returns:
         ``{"heldout_denoising_loss": ..., "heldout_denoising_loss_shuffled_captions": ..., "terms":
@@ -40,7 +41,7 @@ def heldout_denoising_loss(pipeline, shards: Sequence[str], dem_scale_m: float, 
     try:
         held_out = ValidationSet.from_shards(shards, dem_scale_m, shadow, max_samples, ("test",), pipeline.vae,
                                              pipeline.tokenizer, pipeline.text_encoder, pipeline.device,
-                                             repeat_to=MIN_TERMS)
+                                             repeat_to=MIN_TERMS, dem_knee_m=dem_knee_m)
     except ValueError:
         return {NAME: math.nan, f"{NAME}_shuffled_captions": math.nan, "terms": per_cell.denoising_rows([], [], [], [])}
     terms = held_out.term_losses(pipeline.unet, training_scheduler())

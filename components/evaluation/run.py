@@ -89,7 +89,7 @@ def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping
     paper_words = _paper_words_adherence(generate, held_out, settings, pixel, landform_thresholds, progress)
     real = evaluate.score(held_out, training, pixel, landform_thresholds)
     losses = denoising.heldout_denoising_loss(pipeline, [str(s) for s in sample_shards], float(stats["dem_scale_m"]),
-                                              shadow, settings.denoising_samples)
+                                              shadow, settings.denoising_samples, stats.get("dem_knee_m"))
     table = pd.concat([per_generation_tables(generated, held_out, training, pixel, landform_thresholds),
                        losses.pop("terms")], ignore_index=True)
     atomic_write(reports / METRICS_PER_CELL_FILE, lambda tmp: table.to_parquet(tmp, index=False))

@@ -2,8 +2,10 @@
 
 The ``prepare`` stage fixes how samples enter the model (``components.samples.dataset``):
 
-- DEM: ``model = clip((elevation - cell mean) / S, -1, 1)`` on three channels, with one global
-  scale ``S`` (``dem_scale_m``, metres per model unit);
+- DEM: ``model = clip(encode(elevation - cell mean), -1, 1)`` on three channels, with one global
+  scale ``S`` (``dem_scale_m``) and, when the DEM is companded, a knee ``k`` (``dem_knee_m``):
+  ``encode(d) = d / S`` (linear) or ``asinh(d / k) / asinh(S / k)``
+  (:mod:`components.samples.dem_encoding`);
 - RGB: ``stored = clip(gain * reflectance, 0, 1) ** (1 / gamma)`` (uint16 in the shards) and
   ``model = stored / 65535 * 2 - 1``.
 
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from components.atomic import write_json_atomic
+from components.samples.dem_encoding import check_dem_encoding, decode_dem, encode_dem
 
 DEM_RULE_FILE = "dem_rule.json"
 #: Which rule turns the model's output into metres: raised whenever the same output would give other
@@ -54,6 +57,10 @@ def _parse_key(key: str) -> tuple[tuple[str, str], ...]:
     return tuple(parts)
 
 
+def _knee(value) -> float | None:
+    return None if value is None else float(value)
+
+
 def _descriptor_rank(name: str) -> tuple[int, str]:
     """Known descriptors in DESCRIPTOR_ORDER, unknown ones after them alphabetically."""
     if name in DESCRIPTOR_ORDER:
@@ -66,22 +73,23 @@ class DemRule:
     """Constants that map model units back to metres (DEM) and to a displayable image (RGB).
 
     Attributes:
-        dem_scale_m (float): the global DEM scale ``S`` in metres per model unit.
+        dem_scale_m (float): the global DEM scale ``S`` in metres (per model unit when linear).
         base_elevation_m (dict[str, float]): base elevation (metres) per descriptor combination,
             keyed like ``"biome=deserts|landform_local=plains"`` (short forms); ``""`` is the global
             median. Default: empty (every prompt gets 0 m).
         rgb_gain (float): the reflectance gain of the RGB rule. Default 1.0.
         rgb_gamma (float): the gamma of the RGB rule. Default 1.0.
+        dem_knee_m (float | None): the companding knee in metres; None (default): linear.
     """
 
     dem_scale_m: float
     base_elevation_m: dict[str, float] = field(default_factory=dict)
     rgb_gain: float = 1.0
     rgb_gamma: float = 1.0
+    dem_knee_m: float | None = None
 
     def __post_init__(self) -> None:
-        if not np.isfinite(self.dem_scale_m) or self.dem_scale_m <= 0:
-            raise ValueError(f"dem_scale_m must be a positive number of metres, got {self.dem_scale_m!r}")
+        check_dem_encoding(self.dem_scale_m, self.dem_knee_m)
         if self.rgb_gain <= 0 or self.rgb_gamma <= 0:
             raise ValueError(f"rgb_gain and rgb_gamma must be positive, got {self.rgb_gain!r}, {self.rgb_gamma!r}")
         for key in self.base_elevation_m:
@@ -102,10 +110,15 @@ class DemRule:
         rgb = stats.get("rgb_rule") or {}
         table = {str(k): float(v) for k, v in (stats.get("base_elevation_m") or {}).items()}
         return cls(dem_scale_m=float(stats["dem_scale_m"]), base_elevation_m=table,
-                   rgb_gain=float(rgb.get("gain", 1.0)), rgb_gamma=float(rgb.get("gamma", 1.0)))
+                   rgb_gain=float(rgb.get("gain", 1.0)), rgb_gamma=float(rgb.get("gamma", 1.0)),
+                   dem_knee_m=_knee(stats.get("dem_knee_m")))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The rule's fields (``dem_knee_m`` only when companded: a linear rule's file is unchanged)."""
+        values = asdict(self)
+        if values["dem_knee_m"] is None:
+            del values["dem_knee_m"]
+        return values
 
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/dem_rule.json`` atomically; returns its path."""
@@ -122,11 +135,13 @@ class DemRule:
         data = json.loads(path.read_text())
         return cls(dem_scale_m=float(data["dem_scale_m"]),
                    base_elevation_m={str(k): float(v) for k, v in data.get("base_elevation_m", {}).items()},
-                   rgb_gain=float(data.get("rgb_gain", 1.0)), rgb_gamma=float(data.get("rgb_gamma", 1.0)))
+                   rgb_gain=float(data.get("rgb_gain", 1.0)), rgb_gamma=float(data.get("rgb_gamma", 1.0)),
+                   dem_knee_m=_knee(data.get("dem_knee_m")))
 
     # ------------------------------------------------------------------ conversions
     def to_metres(self, relative: np.ndarray | torch.Tensor, base_m: float | np.ndarray | list[float] = 0.0) -> np.ndarray:
-        """Metres from a DEM in model units: ``relative * dem_scale_m + base_m`` (float32).
+        """Metres from a DEM in model units: ``decode(relative) + base_m`` (float32), where decode is
+        ``relative * dem_scale_m`` for a linear rule.
 
         Args:
             relative (np.ndarray | torch.Tensor): DEM in model units, any shape; for a batch
@@ -145,11 +160,13 @@ class DemRule:
             base = base.reshape((-1,) + (1,) * (rel.ndim - 1))
         elif base.ndim > 1:
             raise ValueError(f"base_m must be a number or a 1-D sequence, got shape {base.shape}")
-        return (rel * np.float32(self.dem_scale_m) + base).astype(np.float32, copy=False)
+        metres = decode_dem(rel, self.dem_scale_m, self.dem_knee_m)
+        return (metres.astype(np.float32, copy=False) + base).astype(np.float32, copy=False)
 
     def to_relative(self, metres: np.ndarray, base_m: float = 0.0) -> np.ndarray:
-        """The inverse of :meth:`to_metres` without clipping: ``(metres - base_m) / dem_scale_m``."""
-        return ((np.asarray(metres, dtype=np.float32) - np.float32(base_m)) / np.float32(self.dem_scale_m)).astype(np.float32)
+        """The inverse of :meth:`to_metres` without clipping: ``encode(metres - base_m)``."""
+        relative = np.asarray(metres, dtype=np.float32) - np.float32(base_m)
+        return encode_dem(relative, self.dem_scale_m, self.dem_knee_m).astype(np.float32)
 
     @staticmethod
     def rgb_to_uint8(x: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from components.config import VaeConfig
 from components.samples.dataset import dem_to_model, rgb_to_model
+from components.samples.dem_encoding import decode_dem
 from components.samples.shards import read_sample_shard, shard_info
 
 __all__ = [
@@ -52,13 +53,15 @@ def _shard_shape(path: str | Path) -> tuple[int, int]:
     return tuple(shard_info(path)["shapes"]["dem"])  # type: ignore[return-value]
 
 
-def load_vae_arrays(shards: Sequence[str | Path], dem_scale_m: float, split: str | None = None) -> dict[str, Any]:
+def load_vae_arrays(shards: Sequence[str | Path], dem_scale_m: float, split: str | None = None,
+                    dem_knee_m: float | None = None) -> dict[str, Any]:
     """The samples the VAE sees, as model-ready tensors.
 
     Args:
         shards: sample shard paths (data/samples/*.parquet); read in sorted order.
         dem_scale_m: the DEM scale S in metres (stats.json ``dem_scale_m``).
         split: "train", "test", or None for every sample (default None).
+        dem_knee_m: stats.json ``dem_knee_m`` (default None: the DEM enters linearly).
 
     Returns:
         dict with ``rgb`` float32 (N, 3, H, W) in [-1, 1] (the plain L2A image, never
@@ -74,7 +77,7 @@ def load_vae_arrays(shards: Sequence[str | Path], dem_scale_m: float, split: str
             if split is not None and sample["split"] != split:
                 continue
             rgb.append(rgb_to_model(sample["rgb"]))
-            dem.append(dem_to_model(sample["dem"], dem_scale_m))
+            dem.append(dem_to_model(sample["dem"], dem_scale_m, dem_knee_m))
             mask.append(torch.from_numpy(sample["mask"].astype(np.float32))[None])
             ids.append(sample["sample_id"])
     if not ids:
@@ -311,14 +314,14 @@ def _psnr(mse: float) -> float:
 
 
 def evaluate_reconstruction(vae, rgb: torch.Tensor, dem: torch.Tensor, mask: torch.Tensor, dem_scale_m: float,
-                            latent_factor: int, batch_size: int = 16) -> dict[str, Any]:
+                            latent_factor: int, batch_size: int = 16, dem_knee_m: float | None = None) -> dict[str, Any]:
     """How much the VAE loses, against bilinear down/up-sampling by the same factor, valid pixels only.
 
     The VAE reconstruction is posterior mean -> decode, clamped to [-1, 1]. The baseline is
     ``bilinear_baseline`` (antialiased bilinear down by ``latent_factor``, bilinear back up).
     MSE and PSNR are in model units ([-1, 1], PSNR peak-to-peak 2). The DEM in metres is the
-    reconstruction's mean over its 3 channels times ``dem_scale_m``, compared with the model
-    input, which is clipped at +-S: errors are measured against the *clipped* DEM, so relief
+    reconstruction's mean over its 3 channels decoded by the DEM encoding (times ``dem_scale_m``
+    when linear), compared with the model input decoded the same way, which is clipped at +-S: errors are measured against the *clipped* DEM, so relief
     beyond +-S around the cell mean is not counted (stats.json ``dem_clipped_share`` says how
     much there is).
 
@@ -330,6 +333,7 @@ def evaluate_reconstruction(vae, rgb: torch.Tensor, dem: torch.Tensor, mask: tor
         dem_scale_m: S, metres per model unit (float).
         latent_factor: the VAE's down-sampling factor (int).
         batch_size: images per VAE call (default 16).
+        dem_knee_m: the DEM encoding's knee (default None: linear).
 
     Returns:
         Flat dict (ready for MLflow): ``rgb_mse``, ``rgb_psnr_db``, ``rgb_bilinear_mse``,
@@ -351,9 +355,9 @@ def evaluate_reconstruction(vae, rgb: torch.Tensor, dem: torch.Tensor, mask: tor
         if name == "rgb":
             report["rgb_beats_bilinear"] = bool(mse < base_mse)
             continue
-        truth_m = images[:, :1] * dem_scale_m
+        truth_m = decode_dem(images[:, :1], dem_scale_m, dem_knee_m)
         for label, rec in (("", ours), ("bilinear_", base)):
-            error_m = rec.mean(dim=1, keepdim=True) * dem_scale_m - truth_m
+            error_m = decode_dem(rec.mean(dim=1, keepdim=True), dem_scale_m, dem_knee_m) - truth_m
             report[f"dem_{label}rmse_m"] = math.sqrt(_masked_mean(error_m.square(), mask))
             report[f"dem_{label}mae_m"] = _masked_mean(error_m.abs(), mask)
         report["dem_beats_bilinear"] = bool(report["dem_rmse_m"] < report["dem_bilinear_rmse_m"])

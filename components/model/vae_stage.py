@@ -134,14 +134,15 @@ def run_vae_stage(shards: Sequence[str | Path], stats: Mapping[str, Any] | str |
     say = progress or (lambda line: None)
     device = torch.device(device) if device is not None else default_device()
     dem_scale_m = float(stats["dem_scale_m"])
+    dem_knee_m = stats.get("dem_knee_m")
     latent_factor = int(stats["prepare"]["latent_factor"])
     started = time.perf_counter()
 
     # 1. The samples: train to learn from, test (held out) to evaluate on. Everything is held in
     #    memory (fine at the tiny profiles' 64 px); a pretrained VAE taken as is skips the train split.
     learns = pretrained is None or params.finetune
-    test = load_vae_arrays(shards, dem_scale_m, "test")
-    train = load_vae_arrays(shards, dem_scale_m, "train") if learns or not test["sample_id"] else None
+    test = load_vae_arrays(shards, dem_scale_m, "test", dem_knee_m)
+    train = load_vae_arrays(shards, dem_scale_m, "train", dem_knee_m) if learns or not test["sample_id"] else None
     if train is None:
         train = {"rgb": test["rgb"][:0], "dem": test["dem"][:0], "mask": test["mask"][:0], "sample_id": []}
     evaluated_on = "test" if test["sample_id"] else "train"
@@ -169,7 +170,7 @@ def run_vae_stage(shards: Sequence[str | Path], stats: Mapping[str, Any] | str |
 
     # 5. Evaluate on held-out samples and check the DEM bound.
     metrics = evaluate_reconstruction(vae, held_out["rgb"], held_out["dem"], held_out["mask"], dem_scale_m,
-                                      latent_factor)
+                                      latent_factor, dem_knee_m=dem_knee_m)
     say(f"vae: {evaluated_on} RGB PSNR {metrics['rgb_psnr_db']:.2f} dB (bilinear {metrics['rgb_bilinear_psnr_db']:.2f}), "
         f"DEM RMSE {metrics['dem_rmse_m']:.2f} m (bilinear {metrics['dem_bilinear_rmse_m']:.2f} m)")
     if not metrics["dem_rmse_m"] <= params.max_dem_error_m:
@@ -195,6 +196,7 @@ def run_vae_stage(shards: Sequence[str | Path], stats: Mapping[str, Any] | str |
         "latent_factor": latent_factor,
         "latent_channels": int(vae.config.latent_channels),
         "dem_scale_m": dem_scale_m,
+        **({} if dem_knee_m is None else {"dem_knee_m": float(dem_knee_m)}),
         "samples": {"train": len(train["sample_id"]), "test": len(test["sample_id"])},
         "evaluated_on": evaluated_on,
         "max_dem_error_m": float(params.max_dem_error_m),

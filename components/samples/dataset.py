@@ -44,6 +44,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from components.captions.builder import augment_caption, build_caption, check_augmentation
+from components.samples.dem_encoding import check_dem_encoding, encode_dem
 from components.samples.shards import DESCRIPTOR_COLUMNS, SampleShardError, SampleShardReader
 
 __all__ = ["TerrainSampleDataset", "collate", "rgb_to_model", "dem_to_model"]
@@ -68,13 +69,15 @@ def rgb_to_model(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(x)
 
 
-def dem_to_model(dem: np.ndarray, dem_scale_m: float) -> torch.Tensor:
+def dem_to_model(dem: np.ndarray, dem_scale_m: float, dem_knee_m: float | None = None) -> torch.Tensor:
     """Stored float32 (H, W) metres relative to the cell mean -> float32 (3, H, W) in [-1, 1].
 
-    clip(dem / S, -1, 1) repeated on three channels. Non-finite values (no-data that the mask
-    already excludes) become 0, so a masked loss never meets a NaN (NaN * 0 is NaN).
+    clip(encode(dem), -1, 1) repeated on three channels, with the encoding of
+    ``components.samples.dem_encoding`` (linear ``dem / S`` unless a knee is given). Non-finite
+    values (no-data that the mask already excludes) become 0, so a masked loss never meets a NaN
+    (NaN * 0 is NaN).
     """
-    x = dem.astype(np.float32) / np.float32(dem_scale_m)
+    x = encode_dem(dem.astype(np.float32), dem_scale_m, dem_knee_m).astype(np.float32, copy=False)
     np.clip(x, -1.0, 1.0, out=x)
     np.nan_to_num(x, copy=False, nan=0.0)
     return torch.from_numpy(np.repeat(x[None], 3, axis=0))
@@ -91,6 +94,7 @@ class TerrainSampleDataset(IterableDataset):
         shuffle: shuffle across shards every epoch (False: shard, row group, row order).
         shadow: use ``rgb_shadow`` where stored, else ``rgb`` (``shadow_used`` says which).
         dem_scale_m: the global DEM scale S (metres per unit) from stats.json.
+        dem_knee_m: stats.json's ``dem_knee_m`` (None: the DEM enters linearly).
         augmentation: caption augmentation params, or None for the full four-slot caption.
         rank, world_size: this process and the number of processes (None: resolved lazily).
         shuffle_buffer: samples held per consumer for shuffling (0 or 1: no buffer).
@@ -115,6 +119,7 @@ class TerrainSampleDataset(IterableDataset):
         split: str = "train",
         *,
         dem_scale_m: float,
+        dem_knee_m: float | None = None,
         seed: int = 0,
         epoch: int = 0,
         shuffle: bool = True,
@@ -131,8 +136,7 @@ class TerrainSampleDataset(IterableDataset):
         self.shards = sorted(dict.fromkeys(str(p) for p in shards))
         if not self.shards:
             raise ValueError("TerrainSampleDataset needs at least one sample shard (data/samples/*.parquet)")
-        if not (float(dem_scale_m) > 0):
-            raise ValueError(f"dem_scale_m must be a positive number of metres (stats.json), got {dem_scale_m!r}")
+        check_dem_encoding(dem_scale_m, dem_knee_m)
         if int(shuffle_buffer) < 0:
             raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer!r}")
         if not isinstance(split, str) or not split:
@@ -143,6 +147,7 @@ class TerrainSampleDataset(IterableDataset):
         self.shuffle = bool(shuffle)
         self.shadow = bool(shadow)
         self.dem_scale_m = float(dem_scale_m)
+        self.dem_knee_m = None if dem_knee_m is None else float(dem_knee_m)
         self.augmentation = None if augmentation is None else check_augmentation(augmentation)
         self.shuffle_buffer = int(shuffle_buffer)
         self.drop_last = bool(drop_last)
@@ -332,7 +337,7 @@ class TerrainSampleDataset(IterableDataset):
     def _item(self, raw: dict[str, Any], epoch: int) -> dict[str, Any]:
         return {
             "rgb": rgb_to_model(raw["image"]),
-            "dem": dem_to_model(raw["dem"], self.dem_scale_m),
+            "dem": dem_to_model(raw["dem"], self.dem_scale_m, self.dem_knee_m),
             "mask": torch.from_numpy(raw["mask"].astype(np.float32)[None]),
             **self._common(raw, epoch),
         }

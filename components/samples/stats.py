@@ -16,6 +16,7 @@ import pandas as pd
 
 from components.atomic import write_json_atomic
 from components.radiometry.normalise import choose_dem_scale
+from components.samples.dem_encoding import describe_dem_encoding
 from components.samples.prepare import PrepareParams, prepare_cells
 from components.samples.shards import write_sample_shard
 
@@ -68,11 +69,13 @@ def base_elevations(means: pd.DataFrame, descriptors: pd.DataFrame) -> dict[str,
 
 
 def summarise(results: list[dict], index: pd.DataFrame, descriptors: pd.DataFrame, splits: Mapping[str, str],
-              params: PrepareParams, dem_scale_m: float) -> dict:
-    """stats.json's content from the per-shard results."""
+              params: PrepareParams, dem_scale_m: float, dem_knee_m: float | None = None) -> dict:
+    """stats.json's content from the per-shard results (``dem_knee_m`` only when the DEM is companded,
+    so a linear run's stats are byte for byte what they were before the knee existed)."""
     means = pd.DataFrame([m for r in results for m in r["cell_means"]], columns=["grid_cell", "split", "dem_mean_m"])
     pixels = sum(r["train_pixels"] for r in results)
     rejected = [row for r in results for row in r["rejected"]]
+    knee = {} if dem_knee_m is None else {"dem_knee_m": float(dem_knee_m)}
     return {
         "samples": int(sum(r["samples"] for r in results)),
         "splits": {k: int(sum(r["splits"][k] for r in results)) for k in ("train", "test")},
@@ -81,8 +84,9 @@ def summarise(results: list[dict], index: pd.DataFrame, descriptors: pd.DataFram
         "rejected_cells": rejected,
         "l1c_missing": int(sum(r["l1c_missing"] for r in results)),
         "dem_scale_m": dem_scale_m,
+        **knee,
         "dem_clipped_share": round(sum(r["clipped_pixels"] for r in results) / pixels, 6) if pixels else 0.0,
-        "dem_rule": "model input = clip((elevation - cell mean) / dem_scale_m, -1, 1), on 3 channels",
+        "dem_rule": describe_dem_encoding(dem_knee_m),
         "rgb_rule": {"gain": params.rgb_gain, "gamma": params.rgb_gamma,
                      "rule": "stored = clip(gain * reflectance, 0, 1) ** (1 / gamma) * 65535; model = stored / 65535 * 2 - 1"},
         "prepare": asdict(params),

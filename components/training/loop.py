@@ -215,8 +215,8 @@ def make_dataset(layout: ProjectLayout, params: Mapping[str, Any], train: TrainC
     shards = ([str(p) for p in latent_shards(layout.latents)] if cached
               else sorted(str(p) for p in layout.samples.glob("*.parquet")))
     kind = LatentSampleDataset if cached else TerrainSampleDataset
-    dataset = kind(shards, split, dem_scale_m=stats["dem_scale_m"], seed=train.seed,
-                   shuffle=augment, shadow=bool(params["shadow"]["enabled"]),
+    dataset = kind(shards, split, dem_scale_m=stats["dem_scale_m"], dem_knee_m=stats.get("dem_knee_m"),
+                   seed=train.seed, shuffle=augment, shadow=bool(params["shadow"]["enabled"]),
                    augmentation=(params["captions"]["augmentation"] if augment else None),
                    rank=rank, world_size=world, shuffle_buffer=train.shuffle_buffer if augment else 0,
                    drop_last=augment)

@@ -43,9 +43,10 @@ class ValidationSet:
         """Training's set: held-out samples first, a small world's test split topped up with
         training samples (the first ones in id order), so it is never too small to compare captions on."""
         shards = sorted(str(p) for p in layout.samples.glob("*.parquet"))
-        built = cls.from_shards(shards, _dem_scale(layout), bool(params["shadow"]["enabled"]),
+        scale, knee = _dem_encoding(layout)
+        built = cls.from_shards(shards, scale, bool(params["shadow"]["enabled"]),
                                 train_params.validation_samples, ("test", "train"), vae, tokenizer, text_encoder,
-                                device, seed=train_params.seed)
+                                device, seed=train_params.seed, dem_knee_m=knee)
         if len(built.captions) < 2:
             raise ValueError(f"{layout.samples} holds {len(built.captions)} sample(s): validation needs at least 2")
         return built
@@ -53,11 +54,12 @@ class ValidationSet:
     @classmethod
     def from_shards(cls, shards: Sequence[str], dem_scale_m: float, shadow: bool, count: int,
                     splits: Sequence[str], vae, tokenizer, text_encoder, device, seed: int = 0,
-                    repeat_to: int = 0) -> ValidationSet:
+                    repeat_to: int = 0, dem_knee_m: float | None = None) -> ValidationSet:
         """Up to ``count`` samples of ``splits`` (in that order, id order within one), encoded once.
 
         ``repeat_to`` > the sample count repeats the samples (each copy with its own fixed noise and
         timestep) up to at least that many terms: a steadier number from a small held-out set.
+        ``dem_scale_m`` and ``dem_knee_m``: the DEM encoding training used (stats.json).
 
         Raises:
             ValueError: when no sample is found.
@@ -67,7 +69,8 @@ class ValidationSet:
 
         items: list[dict] = []
         for split in splits:
-            dataset = TerrainSampleDataset(list(shards), split, dem_scale_m=dem_scale_m, seed=seed, shuffle=False,
+            dataset = TerrainSampleDataset(list(shards), split, dem_scale_m=dem_scale_m, dem_knee_m=dem_knee_m,
+                                           seed=seed, shuffle=False,
                                            shadow=shadow, augmentation=None, rank=0, world_size=1, shuffle_buffer=0)
             items += [item for _, item in zip(range(count - len(items)), dataset)]
         if not items:
@@ -156,10 +159,12 @@ def _test_ids(shards: Sequence[str]) -> set[str]:
             if row["split"] == "test"}
 
 
-def _dem_scale(layout: ProjectLayout) -> float:
+def _dem_encoding(layout: ProjectLayout) -> tuple[float, float | None]:
+    """stats.json's DEM scale and knee (None: linear)."""
     import json
 
-    return float(json.loads(layout.sample_stats.read_text())["dem_scale_m"])
+    stats = json.loads(layout.sample_stats.read_text())
+    return float(stats["dem_scale_m"]), stats.get("dem_knee_m")
 
 
 def render_grid(rgb: np.ndarray, dem_m: np.ndarray, prompts: Sequence[str], seeds: Sequence[int],

@@ -36,6 +36,7 @@ def latents_stage_flow(project_dir: str) -> dict:
     # The old cache stays complete until the new one is swapped in.
     with atomic_folder(out) as staging:
         report = encode_samples_to_latents(shards, vae, staging, dem_scale_m=stats["dem_scale_m"],
+                                           dem_knee_m=stats.get("dem_knee_m"),
                                            batch_size=config.latents.batch_size,
                                            progress=progress_printer("latents"))
     print(f"[latents] {report.get('samples')} samples -> {out}", flush=True)

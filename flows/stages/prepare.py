@@ -48,11 +48,12 @@ def prepare_stage_flow(project_dir: str) -> dict:
                                      dem_scale_m=unmapped(dem_scale),
                                      out=[str(staging / f"{label}.parquet") for label in labels])
         results = [f.result() for f in futures]
-        stats = sample_stats.summarise(results, index, descriptors, splits, prepare, dem_scale)
+        stats = sample_stats.summarise(results, index, descriptors, splits, prepare, dem_scale, settings.dem_knee_m)
         sample_stats.write_stats(staging / SAMPLE_STATS.name, stats)
     report = {k: stats[k] for k in ("samples", "rejected", "dem_scale_m", "dem_clipped_share", "l1c_missing")}
     write_json_atomic(root / PREPARE_REPORT, report)
     print(f"[prepare] {stats['samples']} samples ({stats['splits']}) in {len(results)} shards, "
-          f"{len(stats['rejected_cells'])} cells rejected, DEM scale {dem_scale:g} m "
+          f"{len(stats['rejected_cells'])} cells rejected, DEM scale {dem_scale:g} m"
+          f"{'' if settings.dem_knee_m is None else f', companded above {settings.dem_knee_m:g} m'} "
           f"(clipped {stats['dem_clipped_share']:.2%}) -> {out}", flush=True)
     return report

@@ -199,6 +199,18 @@ def test_dataset_refuses_a_cache_made_with_another_dem_scale(cache):
         LatentSampleDataset(latent_shards(out), "train", dem_scale_m=2 * DEM_SCALE_M)
 
 
+def test_a_companded_cache_records_its_knee_and_is_refused_by_a_linear_training(samples, tmp_path):
+    """The knee changes what the DEM latents mean: a cache made with one must not train a model without it."""
+    report = encode_samples_to_latents(samples[:1], _vae(), tmp_path, dem_scale_m=DEM_SCALE_M, dem_knee_m=25.0,
+                                       batch_size=4, device="cpu")
+    assert report["samples"] > 0
+    shards = latent_shards(tmp_path)
+    companded = LatentSampleDataset(shards, "train", dem_scale_m=DEM_SCALE_M, dem_knee_m=25.0)
+    assert companded.dem_knee_m == 25.0 and LatentSampleDataset(shards, "train").dem_knee_m == 25.0
+    with pytest.raises(SampleShardError, match="dem_knee_m 25.0 but training uses None"):
+        LatentSampleDataset(shards, "train", dem_scale_m=DEM_SCALE_M)
+
+
 def test_sample_posterior_is_mean_plus_std_times_noise():
     mean, std = torch.full((2, 4, 3, 3), 2.0), torch.full((2, 4, 3, 3), 0.5)
     draw = sample_posterior(mean, std, torch.Generator().manual_seed(1))

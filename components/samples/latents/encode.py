@@ -15,6 +15,7 @@ import torch
 
 from components.atomic import atomic_write, write_json_atomic
 from components.samples.dataset import dem_to_model, rgb_to_model
+from components.samples.dem_encoding import check_dem_encoding
 from components.samples.latents.schema import (
     LATENT_ARRAYS,
     LATENT_FORMAT,
@@ -87,13 +88,14 @@ def _posterior(vae, images: list[torch.Tensor], device: torch.device) -> tuple[n
     return dist.mean.float().cpu().numpy(), dist.std.float().cpu().numpy()
 
 
-def _encode_chunk(vae, samples: list[dict[str, Any]], dem_scale_m: float, device: torch.device) -> list[dict[str, Any]]:
+def _encode_chunk(vae, samples: list[dict[str, Any]], dem_scale_m: float, dem_knee_m: float | None,
+                  device: torch.device) -> list[dict[str, Any]]:
     """The latent records of a chunk of samples: one VAE forward per modality."""
     records = [{c: s[c] for c in SCALAR_COLUMNS} | {"mask_latent": s["mask_latent"]} for s in samples]
     inputs = {
         "rgb": [rgb_to_model(s["rgb"]) for s in samples],
         "rgb_shadow": [rgb_to_model(s["rgb_shadow"]) for s in samples if s["rgb_shadow"] is not None],
-        "dem": [dem_to_model(s["dem"], dem_scale_m) for s in samples],
+        "dem": [dem_to_model(s["dem"], dem_scale_m, dem_knee_m) for s in samples],
     }
     for modality, images in inputs.items():
         owners = [i for i, s in enumerate(samples) if modality != "rgb_shadow" or s["rgb_shadow"] is not None]
@@ -163,7 +165,7 @@ def _encode_shard(
             try:
                 samples = read_sample_shard(path)
                 for chunk in _chunks(samples, batch_size):
-                    pending += _encode_chunk(vae, chunk, encoding["dem_scale_m"], device)
+                    pending += _encode_chunk(vae, chunk, encoding["dem_scale_m"], encoding.get("dem_knee_m"), device)
                     on_batch(len(chunk))
                     if writer is None:
                         state["shape"] = list(pending[0]["rgb_latent_mean"].shape)
@@ -197,10 +199,12 @@ def _encode_shard(
     }
 
 
-def _encoding(vae, dem_scale_m: float) -> dict[str, Any]:
-    """What the latents depend on besides the samples (recorded in every shard and the manifest)."""
+def _encoding(vae, dem_scale_m: float, dem_knee_m: float | None = None) -> dict[str, Any]:
+    """What the latents depend on besides the samples (recorded in every shard and the manifest; the
+    DEM knee only when the DEM is companded, so a linear cache's bytes stay what they were)."""
     return {
         "dem_scale_m": float(dem_scale_m),
+        **({} if dem_knee_m is None else {"dem_knee_m": float(dem_knee_m)}),
         "scaled": False,
         "scaling_factor": float(vae.config.scaling_factor),
         "vae_config_sha256": vae_config_hash(vae.config),
@@ -224,6 +228,7 @@ def encode_samples_to_latents(
     out_dir: str | Path,
     *,
     dem_scale_m: float,
+    dem_knee_m: float | None = None,
     batch_size: int = 32,
     device: str | torch.device | None = None,
     progress: Callable[[int, int, str], None] | None = None,
@@ -237,6 +242,7 @@ def encode_samples_to_latents(
             file name) and ``manifest.json``. Latent shards there that no sample shard makes
             any more are deleted.
         dem_scale_m: the DEM scale S in metres (``stats.json``'s ``dem_scale_m``), as training uses it.
+        dem_knee_m: ``stats.json``'s ``dem_knee_m`` (default None: the DEM enters linearly).
         batch_size: images per VAE forward (default 32).
         device: where to encode (default None: cuda when available, else cpu).
         progress: called as ``progress(done, total, "samples")`` after each batch (default None).
@@ -248,8 +254,7 @@ def encode_samples_to_latents(
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
-    if not float(dem_scale_m) > 0:
-        raise ValueError(f"dem_scale_m must be a positive number of metres (stats.json), got {dem_scale_m!r}")
+    check_dem_encoding(dem_scale_m, dem_knee_m)
     if isinstance(sample_shards, (str, Path)):
         sample_shards = [sample_shards]
     paths = sorted(dict.fromkeys(Path(p) for p in sample_shards))
@@ -268,7 +273,7 @@ def encode_samples_to_latents(
     started = time.perf_counter()
     device = _best_device(device)
     vae = vae.to(device).eval()
-    encoding = _encoding(vae, dem_scale_m)
+    encoding = _encoding(vae, dem_scale_m, dem_knee_m)
     total = 0
     for path in paths:
         with SampleShardReader(path) as reader:

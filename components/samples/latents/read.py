@@ -97,7 +97,8 @@ def sample_posterior(mean: torch.Tensor, std: torch.Tensor, generator: torch.Gen
     return mean + std * noise.to(device=mean.device, dtype=mean.dtype)
 
 
-_ENCODING_KEYS = ("dem_scale_m", "scaling_factor", "vae_config_sha256", "vae_weights_blake2b")
+# dem_knee_m is absent (None) from a cache whose DEM entered linearly.
+_ENCODING_KEYS = ("dem_scale_m", "dem_knee_m", "scaling_factor", "vae_config_sha256", "vae_weights_blake2b")
 
 
 def _cache_encoding(shards: Sequence[str]) -> dict[str, Any]:
@@ -142,13 +143,16 @@ class LatentSampleDataset(TerrainSampleDataset):
         split: str = "train",
         *,
         dem_scale_m: float | None = None,
+        dem_knee_m: float | None = None,
         **options: Any,
     ):
         """Args:
             shards: latent shards (``latent_shards("data/latents")``), any order.
             split: the split read (default "train").
-            dem_scale_m: the DEM scale training expects (default None: the cache's). When
-                given, it must equal the scale the cache was encoded with.
+            dem_scale_m: the DEM scale training expects (default None: the cache's encoding,
+                scale and knee). When given, it and ``dem_knee_m`` (None: linear) must equal the
+                encoding the cache was made with.
+            dem_knee_m: the DEM knee training expects (read only with ``dem_scale_m``).
             **options: ``TerrainSampleDataset``'s keywords (seed, epoch, shuffle, shadow,
                 augmentation, rank, world_size, shuffle_buffer, drop_last), same defaults.
         """
@@ -156,15 +160,21 @@ class LatentSampleDataset(TerrainSampleDataset):
         if not paths:
             raise ValueError("LatentSampleDataset needs at least one latent shard (data/latents/*.parquet)")
         encoding = _cache_encoding(sorted(dict.fromkeys(str(p) for p in paths)))
+        knee = encoding["dem_knee_m"]
         if dem_scale_m is not None and float(dem_scale_m) != encoding["dem_scale_m"]:
             raise SampleShardError(
                 f"the latent cache was encoded with dem_scale_m {encoding['dem_scale_m']} but training uses "
                 f"{float(dem_scale_m)} (stats.json): {_REMEDY}"
             )
+        if dem_scale_m is not None and (None if dem_knee_m is None else float(dem_knee_m)) != knee:
+            raise SampleShardError(
+                f"the latent cache was encoded with dem_knee_m {knee} but training uses {dem_knee_m} "
+                f"(stats.json; None = linear): {_REMEDY}"
+            )
         self.scaling_factor = float(encoding["scaling_factor"])
         self.vae_config_sha256 = encoding["vae_config_sha256"]
         self.vae_weights_blake2b = encoding["vae_weights_blake2b"]
-        super().__init__(paths, split, dem_scale_m=encoding["dem_scale_m"], **options)
+        super().__init__(paths, split, dem_scale_m=encoding["dem_scale_m"], dem_knee_m=knee, **options)
 
     def _read(self, reader: SampleShardReader, group: int, rows: np.ndarray, copy: bool) -> list[dict[str, Any]]:
         """The rows' latents (the chosen image variant as ``image_mean`` / ``image_std``)."""
