@@ -135,25 +135,32 @@ def landform_adherence(candidate: Pairs, pixel_size_m: float,
     return metrics.landform_balanced_accuracy(predicted, [lf for _, lf in asked])
 
 
-def relief_by_landform(candidate: Pairs, reference: Pairs, pixel_size_m: float) -> dict[str, dict[str, float | None]]:
+def relief_by_landform(candidate: Pairs, reference: Pairs, pixel_size_m: float,
+                       to_model: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, dict[str, float | None]]:
     """Per landform the captions ask for: the median relief (the landform rules' robust range,
     ``landform_inputs``' ``relief_m``) of the candidate DEMs asked for it, of the real DEMs of
     that class, and their ratio (1 = the real relief; plains coming back at twice their relief: 2).
 
+    ``to_model`` (metres around the DEM's mean -> model units, e.g. the DEM rule's ``to_relative``)
+    adds the same medians in model units: the range of the model's raw output, before the rule
+    turns it into metres (the model generates relative heights, centred like its training data).
+
     Returns:
         ``{landform: {"generated_median_m", "real_median_m", "ratio", "generated", "real"}}``
-        (counts in the last two; None where a side has no DEM).
+        (counts in the last two; None where a side has no DEM), plus ``generated_median_model`` and
+        ``real_median_model`` with ``to_model``.
     """
     from components.captions.landform import landform_inputs
 
-    def medians(pairs: Pairs) -> dict[str, tuple[float, int]]:
+    def medians(pairs: Pairs, convert) -> dict[str, tuple[float, int]]:
         relief: dict[str, list[float]] = {}
         for landform, dem in zip(pairs.landform, pairs.dem_m):
             if landform:
-                relief.setdefault(landform, []).append(landform_inputs(dem, pixel_size_m)["relief_m"])
+                values = convert(dem - np.mean(dem)) if convert else dem
+                relief.setdefault(landform, []).append(landform_inputs(values, pixel_size_m)["relief_m"])
         return {k: (float(np.median(v)), len(v)) for k, v in relief.items()}
 
-    generated, real = medians(candidate), medians(reference)
+    generated, real = medians(candidate, None), medians(reference, None)
     out: dict[str, dict[str, float | None]] = {}
     for landform in sorted(set(generated) | set(real)):
         gen_m, gen_n = generated.get(landform, (None, 0))
@@ -161,6 +168,11 @@ def relief_by_landform(candidate: Pairs, reference: Pairs, pixel_size_m: float) 
         ratio = gen_m / real_m if gen_m is not None and real_m else None
         out[landform] = {"generated_median_m": json_number(gen_m), "real_median_m": json_number(real_m),
                          "ratio": json_number(ratio), "generated": gen_n, "real": real_n}
+    if to_model is not None:
+        for key, pairs in (("generated_median_model", candidate), ("real_median_model", reference)):
+            found = medians(pairs, to_model)
+            for landform, entry in out.items():
+                entry[key] = json_number(found[landform][0]) if landform in found else None
     return out
 
 

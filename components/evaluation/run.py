@@ -104,7 +104,7 @@ def run_evaluation(pipeline, sample_shards: Sequence[str | Path], stats: Mapping
             shuffled["landform_balanced_accuracy"]),
         landform_chance=evaluate.json_number(model["landform_chance"]),
         rgb_dem_coherence_real_by_variant=coherence_by_variant(held_out, pixel),
-        relief_by_landform=evaluate.relief_by_landform(generated, held_out, pixel),
+        relief_by_landform=evaluate.relief_by_landform(generated, held_out, pixel, pipeline.dem_rule.to_relative),
         **{key: evaluate.json_number(value) for key, value in paper_words.items()})
 
     # 2. Grids, each a PNG and its layout manifest.
@@ -245,11 +245,14 @@ def markdown_report(report: Mapping[str, Any], grid_paths: Mapping[str, Path], r
                f"{_cell(report.get('landform_chance_paper_words'))}."), ""]
     relief = report.get("relief_by_landform") or {}
     if relief:
-        lines += ["Relief per landform asked for (median of the landform rules' relief, metres): the model's "
-                  "generations against the real held-out DEMs of that class (ratio 1 = the real relief).", "",
-                  "| landform | generated | real | ratio |", "| --- | --- | --- | --- |"]
+        lines += ["Relief per landform asked for (median of the landform rules' relief): the model's "
+                  "generations against the real held-out DEMs of that class, in metres (ratio 1 = the real "
+                  "relief) and in model units (the raw output's range, before the DEM rule).", "",
+                  "| landform | generated (m) | real (m) | ratio | generated (model) | real (model) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {name} | {_cell(entry['generated_median_m'])} | {_cell(entry['real_median_m'])} | "
-                  f"{_cell(entry['ratio'])} |" for name, entry in relief.items()]
+                  f"{_cell(entry['ratio'])} | {_cell(entry.get('generated_median_model'))} | "
+                  f"{_cell(entry.get('real_median_model'))} |" for name, entry in relief.items()]
         lines.append("")
     for name, path in grid_paths.items():
         lines += [f"## {name.replace('_', ' ')}", "", f"![{name}]({path.relative_to(reports).as_posix()})", ""]

@@ -342,3 +342,8 @@ def test_relief_by_landform_compares_the_median_relief_asked_for_with_the_real_o
     assert report["plains"]["generated"] == 2 and report["plains"]["real"] == 1
     assert report["hills"]["ratio"] == pytest.approx(1.0)
     assert report["tablelands"]["real_median_m"] is None and report["tablelands"]["ratio"] is None
+    # in model units too (here a linear rule with S = 100 m): the raw output's range
+    units = relief_by_landform(generated, real, PIXEL_M, to_model=lambda d: d / 100.0)
+    assert units["plains"]["generated_median_model"] == pytest.approx(units["plains"]["generated_median_m"] / 100)
+    assert units["hills"]["real_median_model"] == pytest.approx(units["hills"]["real_median_m"] / 100)
+    assert units["tablelands"]["real_median_model"] is None and "generated_median_model" not in report["plains"]
