@@ -136,7 +136,8 @@ def landform_adherence(candidate: Pairs, pixel_size_m: float,
 
 
 def relief_by_landform(candidate: Pairs, reference: Pairs, pixel_size_m: float,
-                       to_model: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, dict[str, float | None]]:
+                       to_model: Callable[[np.ndarray], np.ndarray] | None = None,
+                       ) -> dict[str, dict[str, float | None]]:
     """Per landform the captions ask for: the median relief (the landform rules' robust range,
     ``landform_inputs``' ``relief_m``) of the candidate DEMs asked for it, of the real DEMs of
     that class, and their ratio (1 = the real relief; plains coming back at twice their relief: 2).

@@ -314,16 +314,17 @@ def _psnr(mse: float) -> float:
 
 
 def evaluate_reconstruction(vae, rgb: torch.Tensor, dem: torch.Tensor, mask: torch.Tensor, dem_scale_m: float,
-                            latent_factor: int, batch_size: int = 16, dem_knee_m: float | None = None) -> dict[str, Any]:
+                            latent_factor: int, batch_size: int = 16,
+                            dem_knee_m: float | None = None) -> dict[str, Any]:
     """How much the VAE loses, against bilinear down/up-sampling by the same factor, valid pixels only.
 
     The VAE reconstruction is posterior mean -> decode, clamped to [-1, 1]. The baseline is
     ``bilinear_baseline`` (antialiased bilinear down by ``latent_factor``, bilinear back up).
     MSE and PSNR are in model units ([-1, 1], PSNR peak-to-peak 2). The DEM in metres is the
     reconstruction's mean over its 3 channels decoded by the DEM encoding (times ``dem_scale_m``
-    when linear), compared with the model input decoded the same way, which is clipped at +-S: errors are measured against the *clipped* DEM, so relief
-    beyond +-S around the cell mean is not counted (stats.json ``dem_clipped_share`` says how
-    much there is).
+    when linear), compared with the model input decoded the same way, which is clipped at +-S:
+    errors are measured against the *clipped* DEM, so relief beyond +-S around the cell mean is
+    not counted (stats.json ``dem_clipped_share`` says how much there is).
 
     Args:
         vae: an ``AutoencoderKL``.
