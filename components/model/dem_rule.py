@@ -160,8 +160,7 @@ class DemRule:
             base = base.reshape((-1,) + (1,) * (rel.ndim - 1))
         elif base.ndim > 1:
             raise ValueError(f"base_m must be a number or a 1-D sequence, got shape {base.shape}")
-        metres = decode_dem(rel, self.dem_scale_m, self.dem_knee_m)
-        return (metres.astype(np.float32, copy=False) + base).astype(np.float32, copy=False)
+        return (decode_dem(rel, self.dem_scale_m, self.dem_knee_m) + base).astype(np.float32, copy=False)
 
     def to_relative(self, metres: np.ndarray, base_m: float = 0.0) -> np.ndarray:
         """The inverse of :meth:`to_metres` without clipping: ``encode(metres - base_m)``."""
