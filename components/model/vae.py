@@ -202,7 +202,7 @@ def train_vae(vae, rgb: torch.Tensor, dem: torch.Tensor, mask: torch.Tensor, par
     vae.to(device).train()
     peak = float(params.learning_rate)
     optimiser = torch.optim.AdamW(vae.parameters(), lr=peak, betas=(0.9, float(params.adam_beta2)),
-                                  weight_decay=float(params.weight_decay))
+                                  weight_decay=float(params.weight_decay), fused=True)
     mean_steps = int(round(float(params.mean_fraction) * steps))
     every = max(1, steps // 10)
     history: list[dict[str, float]] = []

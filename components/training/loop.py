@@ -306,7 +306,9 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
     noise_scheduler = training_scheduler()
 
     trainable = list(unet.parameters()) + (list(text_encoder.parameters()) if train_params.train_text_encoder else [])
-    optimizer = torch.optim.AdamW(trainable, lr=train_params.learning_rate, weight_decay=train_params.weight_decay)
+    # fused: one kernel per step instead of a Python loop over ~330 tensors (about a tenth of a tiny-model step on CPU)
+    optimizer = torch.optim.AdamW(trainable, lr=train_params.learning_rate, weight_decay=train_params.weight_decay,
+                                  fused=True)
     lr_schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=train_params.warmup_steps)
     if train_params.train_text_encoder:
         unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(unet, text_encoder, optimizer, lr_schedule)
@@ -317,7 +319,7 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
     accelerator.register_for_checkpointing(state)
     ema = None
     if train_params.ema.enabled:
-        ema = EMAModel(accelerator.unwrap_model(unet).parameters(), decay=train_params.ema.decay)
+        ema = EMAModel(accelerator.unwrap_model(unet).parameters(), decay=train_params.ema.decay, foreach=True)
         ema.to(device)
         accelerator.register_for_checkpointing(ema)
 
