@@ -336,8 +336,11 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
     tracker = _start_tracking(root, params, train_params, accelerator, state, stats, dataset, cached)
     if start is not None:  # each resume stays on the run's record (a metric history: one point per resume)
         tracker.log_metrics({"resumed_from_step": state.step}, step=state.step)
-    validation = (ValidationSet.build(layout, params, train_params, vae, tokenizer, text_encoder, device)
-                  if accelerator.is_main_process else None)  # only the main process evaluates
+    # Only the main process evaluates, so with the unwrapped encoder: a DDP-wrapped one would start a
+    # buffer broadcast the other processes never join (a hang after the first synced backward).
+    validation = (ValidationSet.build(layout, params, train_params, vae, tokenizer,
+                                      accelerator.unwrap_model(text_encoder), device)
+                  if accelerator.is_main_process else None)
 
     history = state.validation
 
@@ -448,7 +451,12 @@ def train(project_dir: str | Path, params: Mapping[str, Any], stop_after: int | 
         from components.atomic import write_json_atomic
 
         weights = hashlib.sha256()
-        for name, tensor in sorted(accelerator.unwrap_model(unet).state_dict().items()):
+        trained = {"unet": accelerator.unwrap_model(unet)}
+        if train_params.train_text_encoder:
+            trained["text_encoder"] = accelerator.unwrap_model(text_encoder)
+        tensors = {f"{part}.{name}": tensor for part, module in trained.items()
+                   for name, tensor in module.state_dict().items()}
+        for name, tensor in sorted(tensors.items()):
             weights.update(name.encode() + tensor.detach().cpu().float().numpy().tobytes())
         write_json_atomic(Path(trace_dir) / f"rank{rank}.json", {"rank": rank, "world": world, "samples": seen_ids,
                                                                 "weights_sha256": weights.hexdigest()})

@@ -190,9 +190,12 @@ def test_training_encodes_on_the_fly_when_the_latent_cache_is_off(trained_inputs
 def test_two_processes_split_the_data_and_end_with_identical_weights(trained_inputs, tmp_path):
     from components.tracking.server import free_port
 
+    # The text encoder trained too (as on the demo): both modules DDP-wrapped, and the main process's
+    # validation at step 3 must not call into a wrapper the other process never joins (it hung once).
     project, _ = new_project(trained_inputs, tmp_path / "p", **{"train.steps": 3, "train.batch_size": 2,
                                                                  "train.validate_every": 3,
-                                                                 "train.checkpoint_every": 3})
+                                                                 "train.checkpoint_every": 3,
+                                                                 "train.train_text_encoder": True})
     trace = tmp_path / "trace"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(project / "infra/accelerate/cpu-2proc.yaml"), "--num_processes", "2",
