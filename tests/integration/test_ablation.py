@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import commit_project, make_micro_project, set_params
 
-pytestmark = pytest.mark.slow(minutes=2.5)
+pytestmark = pytest.mark.slow(minutes=5)
 
 ARMS = ("shadow-on_dropout-on", "shadow-on_dropout-off", "shadow-off_dropout-on", "shadow-off_dropout-off")
 VARIANTS = {f"{arm}_seed-0" for arm in ARMS}

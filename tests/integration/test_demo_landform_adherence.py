@@ -3,8 +3,8 @@ tiny model's generated DEMs have the landform their captions ask for more often 
 more often than the same model given captions shuffled across cells.
 
 The whole DAG under real DVC on the demo profile (what `make demo` trains), fixed seeds, at least
-60 generations. The heaviest test of the suite (17 minutes alone on 2 cores): the micro world is too
-small for a model to learn what the captions say.
+60 generations. The heaviest test of the suite (18 minutes on one worker of a two-worker `make test`):
+the micro world is too small for a model to learn what the captions say.
 
 What four runs support (demo profile: the paper's captions of issue 24, text encoder trained
 jointly, the DEM companded at 50 m of issue 26): train.seed 0, 1, 2 at one thread and `make demo`
@@ -26,7 +26,7 @@ import pytest
 from tests.conftest import make_micro_project
 
 
-@pytest.mark.slow(minutes=17)
+@pytest.mark.slow(minutes=18)
 @pytest.mark.runs_last
 @pytest.mark.timeout(2400)
 def test_the_trained_demo_model_generates_the_landform_its_caption_asks_for(prefect_api, tmp_path):

@@ -27,7 +27,7 @@ import pytest
 
 from tests.conftest import commit_project, make_micro_project, set_params
 
-pytestmark = pytest.mark.slow(minutes=6)
+pytestmark = pytest.mark.slow(minutes=10)
 
 BIN = Path(sys.executable).parent
 CHECKPOINT_EVERY = 6
