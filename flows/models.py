@@ -15,7 +15,7 @@ def generate_command(
                               help="A pipeline folder, or an MLflow URI (models:/mesa@champion, runs:/ID/pipeline)."),
     seed: list[int] = typer.Option([42], "--seed", help="Seed (repeatable: one generation per seed)."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps (default: params sample.steps, 50)."),
-    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: sample.guidance, 7)."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: params sample.guidance)."),
     sampler: Optional[str] = typer.Option(None, help="ddim, ddpm, euler, dpm++, pndm or a diffusers scheduler class."),
     negative_prompt: Optional[str] = typer.Option(None, help="What to steer away from."),
     grid_cell: Optional[str] = typer.Option(None, help="Place the GeoTIFFs on this Major TOM cell (e.g. 454U_120R)."),
