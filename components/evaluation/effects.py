@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.evaluation.per_cell import MIN_CELLS, Interval
+from components.evaluation.per_cell import MIN_CELLS, Interval, cell_weights, resampled_values
 
 __all__ = ["Arm", "Effect", "arm_summaries", "coefficients", "contrasts", "factor_effects", "replicate_analysis",
            "verdict"]
@@ -81,21 +81,20 @@ def verdict(interval: Interval, direction: str) -> str:
 
 
 class _Resampler:
-    """Row indices per (arm, seed) for a shared resample of cells."""
+    """Each (arm, seed) table's rows as numbers of the cells every table has (-1: a cell some lack)."""
 
     def __init__(self, arms: Sequence[Arm]):
         cell_sets = [set(t["cell"].astype(str)) for arm in arms for t in arm.tables.values()]
         common = sorted(set.intersection(*cell_sets)) if cell_sets else []
         self.cells = common
-        self.rows: dict[tuple[str, int], list[np.ndarray]] = {}
-        for arm in arms:
-            for seed, table in arm.tables.items():
-                cells = table["cell"].astype(str).to_numpy()
-                self.rows[(arm.name, seed)] = [np.flatnonzero(cells == c) for c in common]
+        number = {cell: k for k, cell in enumerate(common)}
+        self.codes = {(arm.name, seed): np.asarray([number.get(c, -1) for c in table["cell"].astype(str)], dtype=np.int64)
+                      for arm in arms for seed, table in arm.tables.items()}
 
-    def take(self, arm: Arm, seed: int, draw: np.ndarray) -> pd.DataFrame:
-        rows = self.rows[(arm.name, seed)]
-        return arm.tables[seed].iloc[np.concatenate([rows[k] for k in draw])]
+    def values(self, arm: Arm, seed: int, statistic: Statistic, draws: np.ndarray) -> np.ndarray:
+        """``statistic`` of the (arm, seed) table on each resample of cells (``draws``: resamples x cells)."""
+        weights = cell_weights(draws, len(self.cells), self.codes[(arm.name, seed)])
+        return resampled_values(statistic, arm.tables[seed], weights)
 
 
 def _check(arms: Sequence[Arm]) -> str:
@@ -123,11 +122,11 @@ class _Draws:
         self.repetitions: list[dict[str, float]] = []
         if self.note:
             return
-        rng = np.random.default_rng(seed)
-        for _ in range(n_boot):
-            draw = rng.integers(0, self.cells, self.cells)
-            self.repetitions.append({arm.name: float(np.mean([statistic(resampler.take(arm, s, draw))
-                                                              for s in arm.tables])) for arm in arms})
+        draws = np.random.default_rng(seed).integers(0, self.cells, size=(n_boot, self.cells))
+        # per arm: the mean over its seeds of the statistic on each resample
+        per_arm = {arm.name: np.mean([resampler.values(arm, s, statistic, draws) for s in arm.tables], axis=0)
+                   for arm in arms}
+        self.repetitions = [{name: float(values[k]) for name, values in per_arm.items()} for k in range(n_boot)]
 
     def interval(self, contrast: Callable[[dict[str, float]], float], level: float) -> Interval:
         from scipy.stats import t as student_t

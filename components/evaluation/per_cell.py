@@ -52,8 +52,11 @@ __all__ = [
     "denoising_rows",
     "Interval",
     "cell_bootstrap",
+    "MetricStatistic",
+    "cell_weights",
     "metric_statistic",
     "paired_bootstrap",
+    "resampled_values",
     "per_generation_table",
     "set_metrics",
 ]
@@ -187,16 +190,27 @@ PER_CELL_METRICS: tuple[str, ...] = (
 )
 
 
-def metric_statistic(name: str) -> _STATISTIC:
-    """frame -> the metric ``name`` of an evaluation's per-cell table (``reports/metrics_per_cell.parquet``):
-    its generated rows, with its real rows as the reference where the metric needs one (the
-    held-out denoising loss: its denoising rows). For
-    ``cell_bootstrap`` and ``paired_bootstrap``: a resample of cells takes both kinds of row."""
-    if name not in PER_CELL_METRICS:
-        raise ValueError(f"{name!r} has no per-cell form; per-cell metrics: {list(PER_CELL_METRICS)}")
+class MetricStatistic:
+    """One per-cell metric as a statistic of an evaluation's per-cell table
+    (``reports/metrics_per_cell.parquet``): its generated rows, with its real rows as the reference
+    where the metric needs one (the held-out denoising loss: its denoising rows).
 
-    # Only the named metric, computed as set_metrics does (a bootstrap calls this thousands of times).
-    def statistic(table: pd.DataFrame) -> float:
+    Called on a table it gives the metric as ``set_metrics`` (and ``denoising_loss``) compute it.
+    ``over_weights(table)`` gives the same metric on many resamples at once: a function of a
+    (resamples x rows) array of row weights, each row counted as often as its weight says, so a
+    bootstrap's thousand resamples are a few array products instead of a thousand frames.
+    """
+
+    def __init__(self, name: str):
+        if name not in PER_CELL_METRICS:
+            raise ValueError(f"{name!r} has no per-cell form; per-cell metrics: {list(PER_CELL_METRICS)}")
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"MetricStatistic({self.name!r})"
+
+    def __call__(self, table: pd.DataFrame) -> float:
+        name = self.name
         if name == DENOISING_METRIC:
             return denoising_loss(table)
         source = table["source"].to_numpy() if "source" in table.columns else None
@@ -206,19 +220,111 @@ def metric_statistic(name: str) -> _STATISTIC:
             if not len(asked):
                 return np.nan
             return float(asked.groupby("landform_requested")["landform_correct"].mean().mean())
-        if name == "rgb_dem_coherence":
-            return float(generated["rgb_dem_correlation"].mean()) if len(generated) else np.nan
-        if name == "dem_artefact_share":
-            return float(generated["artefact_share"].mean()) if len(generated) else np.nan
-        if name == "biome_js_mean":
-            values = generated["biome_js"]
+        if name in _MEAN_COLUMNS:
+            values = generated[_MEAN_COLUMNS[name]]
             return float(values.mean()) if values.notna().any() else np.nan
         real = table.iloc[0:0] if source is None else table[source == "real"]
         descriptor = name.removeprefix("realism_w1_")
         if not len(generated) or not len(real):
             return np.nan
         return float(wasserstein_distance(generated[descriptor].to_numpy(), real[descriptor].to_numpy()))
-    return statistic
+
+    def over_weights(self, table: pd.DataFrame) -> Callable[[np.ndarray], np.ndarray]:
+        """weights (resamples x rows of ``table``) -> the metric on each resample (NaN where undefined)."""
+        name, rows = self.name, len(table)
+        source = table["source"].to_numpy() if "source" in table.columns else None
+        generated = np.ones(rows, bool) if source is None else source == "generated"
+        if name == DENOISING_METRIC:
+            if source is None or "weight" not in table.columns:
+                return lambda weights: np.full(len(weights), np.nan)
+            terms = source == DENOISING_SOURCE
+            error = table["squared_error"].to_numpy(np.float64)
+            return lambda weights: _weighted_ratio(weights, terms, error, table["weight"].to_numpy(np.float64))
+        if name == "landform_balanced_accuracy":
+            requested = table["landform_requested"].to_numpy(dtype=object)
+            correct = table["landform_correct"].to_numpy(np.float64)
+            asked = generated & pd.notna(requested) & np.isfinite(correct)
+            classes = [asked & (requested == label) for label in pd.unique(requested[asked])]
+            return lambda weights: _mean_of_finite(np.stack(
+                [_weighted_mean(weights, rows_of, correct) for rows_of in classes], axis=1)
+                if classes else np.full((len(weights), 1), np.nan))
+        if name in _MEAN_COLUMNS:
+            values = table[_MEAN_COLUMNS[name]].to_numpy(np.float64)
+            kept = generated & np.isfinite(values)
+            return lambda weights: _weighted_mean(weights, kept, values)
+        real = np.zeros(rows, bool) if source is None else source == "real"
+        values = table[name.removeprefix("realism_w1_")].to_numpy(np.float64)
+        return lambda weights: np.asarray([_weighted_w1(values, generated, real, w) for w in weights], np.float64)
+
+
+# The metrics that are a plain mean of one column over the generated rows (NaN rows left out, as pandas does).
+_MEAN_COLUMNS = {"rgb_dem_coherence": "rgb_dem_correlation", "dem_artefact_share": "artefact_share",
+                 "biome_js_mean": "biome_js"}
+
+
+def _weighted_mean(weights: np.ndarray, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per resample: the weighted mean of ``values`` over ``rows`` (NaN where they weigh nothing)."""
+    chosen = weights[:, rows]
+    total = chosen.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, chosen @ values[rows] / total, np.nan)
+
+
+def _weighted_ratio(weights: np.ndarray, rows: np.ndarray, numerator: np.ndarray,
+                    denominator: np.ndarray) -> np.ndarray:
+    """Per resample: sum(numerator) / sum(denominator) over ``rows`` as ``denoising_loss`` computes it
+    (NaN when the denominator is not positive or a weighed numerator is NaN)."""
+    chosen = weights[:, rows]
+    top, bottom = numerator[rows], denominator[rows]
+    undefined = (chosen[:, ~np.isfinite(top)] > 0).any(axis=1)
+    total = chosen @ bottom
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = (chosen @ np.where(np.isfinite(top), top, 0.0)) / total
+    return np.where(undefined | ~(total > 0), np.nan, ratio)
+
+
+def _mean_of_finite(values: np.ndarray) -> np.ndarray:
+    """Per row: the mean of its finite entries (NaN without any)."""
+    finite = np.isfinite(values)
+    count = finite.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.where(finite, values, 0.0).sum(axis=1) / count, np.nan)
+
+
+def _weighted_w1(values: np.ndarray, generated: np.ndarray, real: np.ndarray, weights: np.ndarray) -> float:
+    """Wasserstein-1 distance between the weighted generated and real values of one resample."""
+    on_generated, on_real = weights[generated], weights[real]
+    if not on_generated.sum() > 0 or not on_real.sum() > 0:
+        return np.nan
+    return float(wasserstein_distance(values[generated], values[real], on_generated, on_real))
+
+
+def metric_statistic(name: str) -> MetricStatistic:
+    """The metric ``name`` of an evaluation's per-cell table as a statistic (:class:`MetricStatistic`)
+    for ``cell_bootstrap``, ``paired_bootstrap`` and the ablation's effects: a resample of cells
+    takes both kinds of row."""
+    return MetricStatistic(name)
+
+
+def resampled_values(statistic: _STATISTIC, table: pd.DataFrame, weights: np.ndarray) -> np.ndarray:
+    """``statistic`` on each resample of ``table`` given as row weights (resamples x rows): at once
+    for a :class:`MetricStatistic`, else on each resample's rows (each repeated by its weight)."""
+    if isinstance(statistic, MetricStatistic):
+        return statistic.over_weights(table)(weights)
+    rows = np.arange(len(table))
+    return np.asarray([statistic(table.iloc[np.repeat(rows, row_weights)]) for row_weights in weights.astype(int)],
+                      dtype=np.float64)
+
+
+def cell_weights(draws: np.ndarray, cells: int, codes: np.ndarray) -> np.ndarray:
+    """Row weights of resamples of whole cells: ``draws`` (resamples x k, cell numbers below
+    ``cells``), ``codes`` each row's cell number (-1: a cell never drawn). Each row weighs as often
+    as its cell was drawn."""
+    resamples = len(draws)
+    counts = np.bincount((draws + cells * np.arange(resamples)[:, None]).ravel(),
+                         minlength=resamples * cells).reshape(resamples, cells)
+    never = np.zeros((resamples, 1), dtype=counts.dtype)
+    return np.concatenate([counts, never], axis=1)[:, np.where(codes < 0, cells, codes)].astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -250,13 +356,11 @@ class Interval:
 MIN_CELLS = 8
 
 
-def _resampled_indices(cells: np.ndarray, n_boot: int, seed: int) -> tuple[list[np.ndarray], int]:
-    """Row indices of ``n_boot`` resamples of whole cells (with replacement)."""
+def _cell_resamples(cells: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, int]:
+    """Row weights (n_boot x rows) of resamples of whole cells (with replacement), and how many cells."""
     unique, codes = np.unique(cells, return_inverse=True)
-    rows_of = [np.flatnonzero(codes == k) for k in range(len(unique))]
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(unique), size=(n_boot, len(unique)))
-    return [np.concatenate([rows_of[k] for k in draw]) for draw in draws], len(unique)
+    draws = np.random.default_rng(seed).integers(0, len(unique), size=(n_boot, len(unique)))
+    return cell_weights(draws, len(unique), codes), len(unique)
 
 
 def _interval(estimate: float, values: list[float], level: float, cells: int) -> Interval:
@@ -282,8 +386,8 @@ def cell_bootstrap(table: pd.DataFrame, statistic: _STATISTIC, n_boot: int = 100
     """
     _check_level(level, n_boot)
     estimate = float(statistic(table))
-    samples, cells = _resampled_indices(table["cell"].to_numpy(dtype=object).astype(str), n_boot, seed)
-    values = [float(statistic(table.iloc[rows])) for rows in samples] if cells >= MIN_CELLS else []
+    weights, cells = _cell_resamples(table["cell"].to_numpy(dtype=object).astype(str), n_boot, seed)
+    values = list(resampled_values(statistic, table, weights)) if cells >= MIN_CELLS else []
     return _interval(estimate, values, level, cells)
 
 
@@ -304,8 +408,8 @@ def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, statistic: _STATISTIC, n_
     a = a.merge(common, on=key).sort_values(key, ignore_index=True)
     b = b.merge(common, on=key).sort_values(key, ignore_index=True)
     estimate = float(statistic(a) - statistic(b))
-    samples, cells = _resampled_indices(a["cell"].to_numpy(dtype=object).astype(str), n_boot, seed)
-    values = ([float(statistic(a.iloc[rows]) - statistic(b.iloc[rows])) for rows in samples]
+    weights, cells = _cell_resamples(a["cell"].to_numpy(dtype=object).astype(str), n_boot, seed)
+    values = (list(resampled_values(statistic, a, weights) - resampled_values(statistic, b, weights))
               if cells >= MIN_CELLS else [])
     return _interval(estimate, values, level, cells)
 

@@ -15,6 +15,7 @@ from components.evaluation.per_cell import (
     metric_statistic,
     paired_bootstrap,
     per_generation_table,
+    resampled_values,
     set_metrics,
 )
 
@@ -201,3 +202,44 @@ def test_a_model_that_denoises_worse_on_every_cell_has_an_interval_above_zero():
     interval = paired_bootstrap(bad, good, metric_statistic("heldout_denoising_loss"), n_boot=300)
     assert interval.cells == 20 and interval.low > 0
     assert interval.estimate == pytest.approx(denoising_loss(bad) - denoising_loss(good))
+
+
+def _evaluation_table(rng: np.random.Generator) -> pd.DataFrame:
+    """An evaluate-stage table: generated rows (one with no request, a few NaN measures), real rows
+    and denoising rows (one with a NaN error)."""
+    gen = _generations(n_cells=10)
+    generated = per_generation_table(**gen).assign(source="generated")
+    generated.loc[3, "landform_requested"] = None
+    generated.loc[3, "landform_correct"] = np.nan
+    generated.loc[5, "landform_correct"] = 0.0  # one miss, so the accuracy is not 1 everywhere
+    generated.loc[[2, 7], "rgb_dem_correlation"] = np.nan
+    generated.loc[1:9, "biome_js"] = rng.uniform(0, 1, 9)
+    real = generated.iloc[::2].assign(source="real", seed=0, slope_deg=lambda t: t["slope_deg"] + 1.5)
+    error = rng.gamma(4.0, 8.0, 20)
+    error[13] = np.nan
+    denoising = denoising_rows([f"cell{c % 10}" for c in range(20)], error, error, np.full(20, 64.0))
+    return pd.concat([generated, real, denoising], ignore_index=True)
+
+
+def test_every_metric_on_weighted_rows_equals_the_metric_on_the_repeated_rows():
+    # The bootstraps weigh rows instead of building a frame per resample: the same numbers, NaNs included.
+    rng = np.random.default_rng(4)
+    table = _evaluation_table(rng)
+    weights = rng.integers(0, 3, size=(40, len(table))).astype(np.float64)
+    weights[0] = 0.0  # a resample that keeps nothing
+    weights[1] = np.where(table["source"] == "denoising", 0.0, 1.0)  # no denoising row
+    weights[2] = np.where(table["source"] == "real", 1.0, 0.0)  # no generated row
+    rows = np.arange(len(table))
+    for name in PER_CELL_METRICS:
+        statistic = metric_statistic(name)
+        fast = resampled_values(statistic, table, weights)
+        slow = [statistic(table.iloc[np.repeat(rows, w.astype(int))]) for w in weights]
+        np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12, err_msg=name)
+        assert np.isfinite(fast).sum() >= 10, name  # resamples with a value to compare (not all NaN)
+        # a plain function of a frame takes the slow path: the same values again
+        np.testing.assert_allclose(resampled_values(lambda t, s=statistic: s(t), table, weights), slow,
+                                   rtol=1e-12, atol=1e-12, err_msg=name)
+    # without real rows there is no reference: the realism distances are NaN, not 0
+    only_generated = table[table["source"] == "generated"].drop(columns="source")
+    assert np.isnan(resampled_values(metric_statistic("realism_w1_slope_deg"), only_generated,
+                                     np.ones((3, len(only_generated))))).all()
