@@ -25,7 +25,7 @@ def run_dvc_stage(stage: str, project_dir: str, force: bool = False) -> dict:
     logger = get_run_logger()
     api_url = current_api_url()
     return repro_stage(project_dir, stage, force=force, env=stage_process_env(api_url, task_run.id),
-                       started_env=STAGE_STARTED_ENV, checkout_env=stage_process_env(api_url, None),
+                       started_env=STAGE_STARTED_ENV,
                        on_line=lambda line: logger.info("[%s] %s", stage, line))
 
 

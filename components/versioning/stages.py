@@ -85,8 +85,7 @@ def exit_description(returncode: int) -> str:
 
 
 def repro_stage(project_dir: str | Path, stage: str, *, force: bool = False, env: Mapping[str, str],
-                started_env: str, on_line: Callable[[str], None], checkout_env: Mapping[str, str] | None = None,
-                tail_lines: int = 30) -> dict:
+                started_env: str, on_line: Callable[[str], None], tail_lines: int = 30) -> dict:
     """`dvc repro --single-item STAGE` in `project_dir`, each output line to `on_line`.
 
     The command runs in its own process group: stopping the caller (SIGTERM, Ctrl-C) stops the
@@ -101,8 +100,6 @@ def repro_stage(project_dir: str | Path, stage: str, *, force: bool = False, env
             DVC's run cache restores outputs without running the stage, and only this tells the
             two apart without parsing DVC's text.
         on_line (Callable[[str], None]): gets each output line.
-        checkout_env (Mapping[str, str] | None, default None): the environment of the `dvc checkout`
-            that follows (None: `env`).
         tail_lines (int, default 30): output lines a failure's message ends with.
 
     Returns:
@@ -129,12 +126,20 @@ def repro_stage(project_dir: str | Path, stage: str, *, force: bool = False, env
                           + "\n".join(tail))
     outcome = stage_outcome(before, process_started, stage_changes(project_dir, stage))
     if outcome != "skipped":
-        # repro copies new outputs into the cache; relinking makes the workspace share them
-        # (cache.type reflink/hardlink), so the data is on disk once.
-        subprocess.run(dvc_command("checkout", "--relink", "--quiet", stage), cwd=project_dir, check=True,
-                       env=dict(checkout_env if checkout_env is not None else env))
+        relink_outputs(project_dir, stage)
     return {"stage": stage, "ran": outcome == "ran", "outcome": outcome,
             "changed": before, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def relink_outputs(project_dir: str | Path, stage: str) -> None:
+    """`dvc checkout --relink STAGE`, in this process (a `dvc` process would cost a second of start-up
+    per stage): `dvc repro` copies new outputs into the cache, and relinking makes the workspace
+    share them (cache.type reflink/hardlink), so the data is on disk once."""
+    from dvc.repo import Repo
+
+    root = Path(project_dir).resolve()
+    with Repo(str(root)) as repo:
+        repo.checkout(targets=[f"{root / 'dvc.yaml'}:{stage}"], relink=True)
 
 
 def push_data(project_dir: str | Path, remote: str | None = None, env: Mapping[str, str] | None = None) -> None:

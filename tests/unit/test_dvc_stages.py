@@ -18,21 +18,24 @@ STAGE_SCRIPT = textwrap.dedent("""
     pathlib.Path(os.environ["TEST_STAGE_STARTED"]).touch()
     print("making out.txt", flush=True)
     pathlib.Path("out.txt").write_text("made")
+    pathlib.Path("parts").mkdir(exist_ok=True)
+    pathlib.Path("parts/part_0.txt").write_text("part")
     sys.exit(int(os.environ.get("TEST_STAGE_EXIT", "0")))
 """)
 
 
 @pytest.fixture
 def dvc_project(tmp_path):
-    """A git + DVC repository with stages `make` (python make.py -> out.txt) and `after`."""
+    """A git + DVC repository with stages `make` (python make.py -> out.txt, parts/) and `after`."""
     def run(*command: str) -> None:
         subprocess.run(command, cwd=tmp_path, check=True, capture_output=True, text=True)
 
     run("git", "init", "-q")
     run(sys.executable, "-m", "dvc", "init", "-q")
+    run(sys.executable, "-m", "dvc", "config", "cache.type", "reflink,hardlink,copy")  # as .dvc/config
     (tmp_path / "make.py").write_text(STAGE_SCRIPT)
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
-        "make": {"cmd": f"{sys.executable} make.py", "deps": ["make.py"], "outs": ["out.txt"]},
+        "make": {"cmd": f"{sys.executable} make.py", "deps": ["make.py"], "outs": ["out.txt", "parts"]},
         "after": {"cmd": "echo after", "deps": ["out.txt"]}}}, sort_keys=False))
     return tmp_path
 
@@ -45,6 +48,9 @@ def test_a_stage_runs_then_is_skipped_then_restored_from_the_run_cache(dvc_proje
     first = repro_stage(dvc_project, "make", env=env, started_env="TEST_STAGE_STARTED", on_line=lines.append)
     assert (first["stage"], first["outcome"], first["ran"]) == ("make", "ran", True) and first["changed"]
     assert "making out.txt" in lines
+    # relinked after the run (`dvc repro` links files but copies a folder's): the workspace's outputs
+    # are the cache's files, so the data is on disk once
+    assert (dvc_project / "parts" / "part_0.txt").stat().st_nlink == 2
     assert repro_stage(dvc_project, "make", env=env, started_env="TEST_STAGE_STARTED",
                        on_line=lines.append)["outcome"] == "skipped"
     (dvc_project / "out.txt").unlink()  # same deps: DVC's run cache has the output
