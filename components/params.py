@@ -168,13 +168,9 @@ def check_profiles_agree(project_dir: str | Path = ".") -> None:
                              f"{PROFILES_DIR}/ must set the same keys")
 
 
-def apply_profile(name: str, project_dir: str | Path = ".") -> dict[str, tuple[Any, Any]]:
-    """Write profile `name` into params.yaml; return {key: (old, new)} for the values that changed.
-
-    Raises:
-        ValueError: an unknown profile, profiles that set different keys, or a key params.yaml lacks.
-        ParamsError: params.yaml would not be valid with the profile (nothing is written).
-    """
+def _profiled(name: str, project_dir: str | Path) -> tuple[str, dict[str, tuple[Any, Any]], PipelineConfig]:
+    """params.yaml's text with profile `name` written in (comments and key order kept), what it
+    changes, and the config it gives (checked as the stages will read it)."""
     check_profiles_agree(project_dir)
     overrides = {"profile": name, **profile_overrides(name, project_dir)}
     path = Path(project_dir) / PARAMS_FILE
@@ -199,11 +195,31 @@ def apply_profile(name: str, project_dir: str | Path = ".") -> dict[str, tuple[A
             node[leaf] = value
     text = io.StringIO()
     yaml_rt.dump(document, text)
-    # Checked as the stages will read it, before anything is written.
-    _check(_yaml_1_2(text.getvalue(), path), Path(project_dir), path,
-           heading=f"profile {name!r} would make {path} invalid (left unchanged):",
-           profile=(str(PROFILES_DIR / f"{name}.yaml"), profile_overrides(name, project_dir)))
+    config = _check(_yaml_1_2(text.getvalue(), path), Path(project_dir), path,
+                    heading=f"profile {name!r} would make {path} invalid (left unchanged):",
+                    profile=(str(PROFILES_DIR / f"{name}.yaml"), profile_overrides(name, project_dir)))
+    return text.getvalue(), changed, config
+
+
+def config_with_profile(name: str, project_dir: str | Path = ".") -> PipelineConfig:
+    """The config params.yaml would give with profile `name` applied, without writing it.
+
+    Raises:
+        ValueError, ParamsError: as :func:`apply_profile`.
+    """
+    return _profiled(name, project_dir)[2]
+
+
+def apply_profile(name: str, project_dir: str | Path = ".") -> dict[str, tuple[Any, Any]]:
+    """Write profile `name` into params.yaml; return {key: (old, new)} for the values that changed.
+
+    Raises:
+        ValueError: an unknown profile, profiles that set different keys, or a key params.yaml lacks.
+        ParamsError: params.yaml would not be valid with the profile (nothing is written).
+    """
+    text, changed, _ = _profiled(name, project_dir)  # checked before anything is written
+    path = Path(project_dir) / PARAMS_FILE
     if changed:
         # keep_mode: a params.yaml the user made private (or shared) stays so.
-        atomic_write(path, lambda tmp: tmp.write_text(text.getvalue()), keep_mode=True)
+        atomic_write(path, lambda tmp: tmp.write_text(text), keep_mode=True)
     return changed

@@ -199,6 +199,7 @@ def profile_show() -> None:
 
 # In the order `mesa --help` lists them; the command modules are light (heavy imports inside functions).
 # --- module commands ---
+from flows.check import check_command; app.command("check")(check_command)  # noqa: E402,E702
 from flows.models import evaluate_command, generate_command; app.command("generate")(generate_command); app.command("evaluate")(evaluate_command)  # noqa: E402,E702,E501
 from flows.data import data_app; app.add_typer(data_app, name="data")  # noqa: E402,E702
 app.add_typer(profile_app, name="profile")
