@@ -14,7 +14,7 @@ def check_command(
     mixed precision, GPU memory and free disk (with the run's size estimate). Downloads nothing."""
     import time
 
-    from components.ops.preflight import machine_facts, preflight, table, unet_preset, url_problem
+    from components.ops.preflight import PreflightFailed, check_project, table
     from components.params import config_with_profile, load_config
     from flows.settings import project_root
 
@@ -24,7 +24,10 @@ def check_command(
         config = config_with_profile(profile, root) if profile else load_config(root)
     except ValueError as err:  # an unknown profile, or params it would make invalid
         raise SystemExit(f"mesa check: {err}") from None
-    checks = preflight(root, config, machine_facts(root), reachable=url_problem, unet=unet_preset(config.model))
+    try:
+        checks = check_project(root, config)
+    except PreflightFailed as failure:
+        checks = failure.checks
     failed = [check for check in checks if not check.ok]
     typer.echo(table(checks))
     typer.echo(f"\n{len(checks) - len(failed)} of {len(checks)} checks hold for "

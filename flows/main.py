@@ -7,7 +7,7 @@ from pathlib import Path
 
 from components.layout import (CURATION_REPORT, EVAL_GRIDS_DIR, EVAL_REPORT, METRICS_REPORT, PIPELINE_DIR, RETRAIN_LOCK,
                                RUN_RECORD, SYNTH_OUT, TRAIN_REPORT, VAE_REPORT)
-from components.params import apply_profile, load_params
+from components.params import apply_profile, config_with_profile, load_params
 from flows.prefect_api import owned_prefect_api
 
 
@@ -18,6 +18,7 @@ def run_main_job(root: Path, profile: str | None, stages: list[str] | None, forc
                  stage_retries: int = 1, lock_wait_s: float = 0.0, allow_unreproducible: bool = False) -> dict:
     from components.locks import LockHeld, exclusive_lock
     from components.majortom.summary import format_summary, summarise_world
+    from components.ops.preflight import PreflightFailed, check_project
     from components.processes import Terminated
     from flows.retrain import StageFailed, retrain
 
@@ -28,6 +29,8 @@ def run_main_job(root: Path, profile: str | None, stages: list[str] | None, forc
             # flow takes the same lock again, reentrant within this process.
             with exclusive_lock(root / RETRAIN_LOCK, purpose="a retrain", wait_s=lock_wait_s, reentrant=True):
                 if profile:
+                    # the profile's checks before params.yaml changes: a run that cannot start leaves it as it was
+                    check_project(root, config_with_profile(profile, root))
                     changed = apply_profile(profile, root)
                     print(f"profile {profile!r} applied to params.yaml ({len(changed)} values changed)")
                 print(f"Prefect API for this run: {api_url}")
@@ -35,6 +38,9 @@ def run_main_job(root: Path, profile: str | None, stages: list[str] | None, forc
                                   allow_unreproducible=allow_unreproducible)
     except LockHeld as busy:
         raise SystemExit(f"The main job did not start: {busy}") from None
+    except PreflightFailed as failure:
+        raise SystemExit(f"\nThe main job did not start: {failure}\nNo stage ran; `mesa check` repeats these "
+                         "checks.") from None
     except StageFailed as failure:
         raise SystemExit(f"\nThe main job stopped: {failure}\nFix the cause and rerun; finished stages are kept "
                          "(training resumes from its last checkpoint); the registry and the data versions "

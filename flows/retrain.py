@@ -29,6 +29,17 @@ def run_dvc_stage(stage: str, project_dir: str, force: bool = False) -> dict:
                        on_line=lambda line: logger.info("[%s] %s", stage, line))
 
 
+@task(task_run_name="preflight")
+def preflight_checks(project_dir: str) -> int:
+    """`mesa check` on params.yaml before any stage (PreflightFailed, with the table, stops the run)."""
+    from components.ops.preflight import check_project, table
+    from components.params import load_config
+
+    checks = check_project(Path(project_dir), load_config(project_dir))
+    print(f"[preflight] every check holds:\n{table(checks)}")
+    return len(checks)
+
+
 @task(retries=2, retry_delay_seconds=10, task_run_name="dvc push")
 def push_data_versions(project_dir: str, remote: str | None = None) -> dict:
     """`dvc push`: every output of this run to the DVC remote (the default one, or `remote`)."""
@@ -81,6 +92,7 @@ def _retrain_locked(project_dir: str, stages: list[str] | None, force: bool, sta
     unknown = sorted(set(names) - set(dvc_stages(project_dir)))
     if unknown:
         raise ValueError(f"unknown stages {unknown}; dvc.yaml has {dvc_stages(project_dir)}")
+    preflight_checks(project_dir)  # what would fail hours in fails now, before a stage starts
     run_stage = run_dvc_stage.with_options(retries=int(stage_retries))
     outcome: dict = {"stages": [], "pushed": None, "registration": None, "promotion": None}
     for name in names:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Check", "Machine", "DiskEstimate", "accelerate_checks", "accelerate_settings", "data_source_checks",
+__all__ = ["Check", "Machine", "DiskEstimate", "PreflightFailed", "check_project", "accelerate_checks", "accelerate_settings", "data_source_checks",
            "disk_checks", "disk_estimate", "gpu_memory_checks", "machine_facts", "precision_checks", "preflight",
            "pretrained_checks", "table", "unet_preset", "url_problem", "wants_gpus"]
 
@@ -57,6 +57,15 @@ class Check:
     ok: bool
     found: str
     fix: str = ""
+
+
+class PreflightFailed(RuntimeError):
+    """A preflight check failed: the message is the whole table, FAIL rows with how to fix them."""
+
+    def __init__(self, checks: Sequence[Check]):
+        self.checks = list(checks)
+        failed = [check.name for check in self.checks if not check.ok]
+        super().__init__(f"{len(failed)} preflight check(s) failed ({', '.join(failed)}):\n{table(self.checks)}")
 
 
 @dataclass(frozen=True)
@@ -346,6 +355,18 @@ def preflight(root: Path, config: Any, machine: Machine, reachable: Callable[[st
             *precision_checks(config.train, machine, uses_gpu),
             *gpu_memory_checks(parameters, machine, uses_gpu),
             *disk_checks(root, disk_estimate(config, parameters), machine)]
+
+
+def check_project(root: Path, config: Any) -> list[Check]:
+    """Every check on this machine (what `mesa check` and the first task of `mesa retrain` run).
+
+    Raises:
+        PreflightFailed: a check failed (its message is the table).
+    """
+    checks = preflight(root, config, machine_facts(root), reachable=url_problem, unet=unet_preset(config.model))
+    if not all(check.ok for check in checks):
+        raise PreflightFailed(checks)
+    return checks
 
 
 def table(checks: Iterable[Check]) -> str:
