@@ -11,7 +11,8 @@ generation requests run one at a time (:mod:`components.tracking.serving` has th
 Endpoints: ``GET /health`` (and ``/ping``), ``GET /version``, ``POST /invocations``
 (``{"dataframe_records": [{"prompt": ..., "seed": ..., "steps": ..., "guidance": ...}]}``) answering
 ``{"predictions": [{"prompt", "seed", "rgb", "dem_m"}]}`` with nested JSON lists: ``rgb`` uint8
-H x W x 3, ``dem_m`` the DEM in metres, H x W floats. docs/serving.md has the details.
+H x W x 3, ``dem_m`` the DEM in metres, H x W floats; a row with ``"format": "compact"`` gets a
+base64 PNG and float32 ``.npy`` instead (``rgb_png``, ``dem_npy``). docs/serving.md has the details.
 """
 from __future__ import annotations
 

@@ -4,10 +4,13 @@ Input: a pandas DataFrame, one row per image, with columns
 
 - ``prompt`` (string, required): the caption,
 - ``seed`` (long, optional, default 42), ``steps`` (long, optional, default 50),
-  ``guidance`` (double, optional, default 7.0); a missing value (NaN) in a row also takes the default.
+  ``guidance`` (double, optional, default 7.0); a missing value (NaN) in a row also takes the default,
+- ``format`` (string, optional, default ``arrays``): ``compact`` answers with a PNG and a ``.npy``.
 
 Output: a list with one dict per row, in row order:
-``{"prompt": str, "seed": int, "rgb": numpy uint8 (H, W, 3), "dem_m": numpy float32 (H, W)}``.
+``{"prompt": str, "seed": int, "rgb": numpy uint8 (H, W, 3), "dem_m": numpy float32 (H, W)}``, or
+for ``format: compact`` ``{"prompt", "seed", "format", "rgb_png", "dem_npy", "height", "width"}``
+(base64 strings: :mod:`components.export.payload`).
 A list is one of the return types pyfunc passes through unchanged, so in-process callers get numpy
 arrays (no copy into nested lists); MLflow's scoring server turns the arrays into nested JSON lists
 (its NumpyEncoder) when the model is served over REST. The signature states the input columns
@@ -24,6 +27,8 @@ from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+
+from components.export.payload import ARRAYS, COMPACT, FORMATS, compact_fields
 
 DEFAULT_SEED = 42
 DEFAULT_STEPS = 50
@@ -73,7 +78,8 @@ class TerrainPyfuncModel(mlflow.pyfunc.PythonModel):
             params (dict[str, Any] | None, default None): unused; accepted for MLflow's interface.
 
         Returns:
-            list[dict[str, Any]]: per row ``{"prompt", "seed", "rgb", "dem_m"}``.
+            list[dict[str, Any]]: per row ``{"prompt", "seed", "rgb", "dem_m"}`` (``format`` compact:
+            ``{"prompt", "seed", "format", "rgb_png", "dem_npy", "height", "width"}``).
         """
         if self.pipeline is None:
             raise RuntimeError("TerrainPyfuncModel.predict before load_context: load it with mlflow.pyfunc.load_model")
@@ -88,8 +94,11 @@ class TerrainPyfuncModel(mlflow.pyfunc.PythonModel):
                     num_inference_steps=steps, guidance_scale=guidance,
                 )
             for j, i in enumerate(indices):
-                results[i] = {"prompt": requests[i]["prompt"], "seed": requests[i]["seed"],
-                              "rgb": out.rgb[j], "dem_m": out.dem_m[j]}
+                head = {"prompt": requests[i]["prompt"], "seed": requests[i]["seed"]}
+                if requests[i]["format"] == COMPACT:
+                    results[i] = {**head, "format": COMPACT, **compact_fields(out.rgb[j], out.dem_m[j])}
+                else:
+                    results[i] = {**head, "rgb": out.rgb[j], "dem_m": out.dem_m[j]}
         return results
 
 
@@ -107,10 +116,11 @@ def rows_to_requests(model_input) -> list[dict[str, Any]]:
         model_input (pandas.DataFrame | list[dict] | dict): the pyfunc input.
 
     Returns:
-        list[dict[str, Any]]: ``{"prompt": str, "seed": int, "steps": int, "guidance": float}`` each.
+        list[dict[str, Any]]: ``{"prompt": str, "seed": int, "steps": int, "guidance": float,
+        "format": str}`` each.
 
     Raises:
-        ValueError: when there is no ``prompt`` column or a prompt is empty.
+        ValueError: when there is no ``prompt`` column, a prompt is empty or a format unknown.
     """
     frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
     if "prompt" not in frame.columns:
@@ -120,11 +130,15 @@ def rows_to_requests(model_input) -> list[dict[str, Any]]:
         prompt = row.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"row {number}: prompt must be a non-empty string, got {prompt!r}")
+        answer_format = _value_or(row, "format", ARRAYS, str)
+        if answer_format not in FORMATS:
+            raise ValueError(f"row {number}: format must be one of {list(FORMATS)}, got {answer_format!r}")
         requests.append({
             "prompt": prompt,
             "seed": _value_or(row, "seed", DEFAULT_SEED, int),
             "steps": _value_or(row, "steps", DEFAULT_STEPS, int),
             "guidance": _value_or(row, "guidance", DEFAULT_GUIDANCE, float),
+            "format": answer_format,
         })
     return requests
 
@@ -145,8 +159,9 @@ def model_signature():
     """The explicit pyfunc signature (nothing is inferred by running the model).
 
     Returns:
-        mlflow.models.ModelSignature: input columns prompt / seed / steps / guidance; the output
-        documents prompt, seed, rgb (H x W x 3 integers) and dem_m (H x W floats).
+        mlflow.models.ModelSignature: input columns prompt / seed / steps / guidance / format; the
+        output documents prompt, seed, rgb (H x W x 3 integers) and dem_m (H x W floats), or the
+        compact fields.
     """
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
@@ -156,12 +171,18 @@ def model_signature():
         ColSpec(DataType.long, "seed", required=False),
         ColSpec(DataType.long, "steps", required=False),
         ColSpec(DataType.double, "guidance", required=False),
+        ColSpec(DataType.string, "format", required=False),
     ])
     outputs = Schema([
         ColSpec(DataType.string, "prompt"),
         ColSpec(DataType.long, "seed"),
-        ColSpec(Array(Array(Array(DataType.integer))), "rgb"),
-        ColSpec(Array(Array(DataType.float)), "dem_m"),
+        ColSpec(Array(Array(Array(DataType.integer))), "rgb", required=False),
+        ColSpec(Array(Array(DataType.float)), "dem_m", required=False),
+        ColSpec(DataType.string, "format", required=False),
+        ColSpec(DataType.string, "rgb_png", required=False),
+        ColSpec(DataType.string, "dem_npy", required=False),
+        ColSpec(DataType.long, "height", required=False),
+        ColSpec(DataType.long, "width", required=False),
     ])
     return ModelSignature(inputs=inputs, outputs=outputs)
 

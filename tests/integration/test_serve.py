@@ -138,6 +138,15 @@ def check_generation(server: Served, pipeline_dir: Path) -> None:
     (again,) = server.generate([row])
     np.testing.assert_array_equal(np.asarray(again["dem_m"]), np.asarray(first["dem_m"]))
 
+    # The compact answer (docs/serving.md): a PNG and a float32 .npy, base64, with the same values.
+    from components.export.payload import decode_compact
+
+    (compact,) = server.generate([{**row, "format": "compact"}])
+    assert set(compact) == {"prompt", "seed", "format", "rgb_png", "dem_npy", "height", "width"}
+    compact_rgb, compact_dem = decode_compact(compact)
+    np.testing.assert_array_equal(compact_rgb, rgb)
+    np.testing.assert_array_equal(compact_dem, dem.astype(np.float32))
+
     batch = server.generate([row, {**row, "seed": 8}])
     assert [item["seed"] for item in batch] == [7, 8]
     np.testing.assert_allclose(np.asarray(batch[0]["dem_m"]), dem, atol=0.05)

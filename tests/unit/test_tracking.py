@@ -402,6 +402,16 @@ def test_pyfunc_model_logs_loads_and_generates(project, tmp_path):
     for o in out:
         assert o["rgb"].dtype == np.uint8 and o["rgb"].shape == (32, 32, 3)
         assert o["dem_m"].dtype == np.float32 and o["dem_m"].shape == (32, 32)
+    # The compact answer (PNG + .npy, base64) of the same request decodes to the same arrays.
+    from components.export.payload import decode_compact
+
+    compact = model.predict(pd.DataFrame({"prompt": ["hills", "plains"], "seed": [1, 2], "steps": [2, 2],
+                                          "guidance": [2.0, 2.0], "format": ["compact", "compact"]}))
+    for answer, arrays in zip(compact, out):
+        assert answer["format"] == "compact" and (answer["height"], answer["width"]) == (32, 32)
+        rgb, dem = decode_compact(answer)
+        np.testing.assert_array_equal(rgb, arrays["rgb"])
+        np.testing.assert_array_equal(dem, arrays["dem_m"])
     pins = requirements.read_text()
     assert "torch==" in pins and "diffusers==" in pins and "mlflow==" in pins
     # The logged model sits in the project's artifact store, not in ./mlruns of the working dir.
@@ -418,7 +428,10 @@ def test_pyfunc_input_needs_prompts():
     with pytest.raises(ValueError, match="row 1"):
         rows_to_requests(pd.DataFrame({"prompt": ["ok", ""]}))
     defaults = rows_to_requests(pd.DataFrame({"prompt": ["x", "y"], "seed": [7, None]}))
-    assert defaults == [{"prompt": "x", "seed": 7, "steps": 50, "guidance": 7.0},
-                        {"prompt": "y", "seed": 42, "steps": 50, "guidance": 7.0}]
+    assert defaults == [{"prompt": "x", "seed": 7, "steps": 50, "guidance": 7.0, "format": "arrays"},
+                        {"prompt": "y", "seed": 42, "steps": 50, "guidance": 7.0, "format": "arrays"}]
+    assert rows_to_requests(pd.DataFrame({"prompt": ["x"], "format": ["compact"]}))[0]["format"] == "compact"
+    with pytest.raises(ValueError, match=r"row 0: format must be one of \['arrays', 'compact'\], got 'png'"):
+        rows_to_requests(pd.DataFrame({"prompt": ["x"], "format": ["png"]}))
     pins = pinned_requirements()
     assert all("==" in p for p in pins) and any(p.startswith("torch==") for p in pins)
