@@ -267,10 +267,12 @@ def test_a_registration_killed_before_its_alias_is_completed_by_the_next_run(pro
 
 
 # ----------------------------------------------------------------------------- SIGTERM
-@pytest.fixture(scope="module")
-def fresh_project(tmp_path_factory):
-    """A micro project with no data yet: the SIGTERM drills stop it during its first stage."""
-    return make_micro_project(tmp_path_factory.mktemp("sigterm"))
+@pytest.fixture
+def fresh_project(tmp_path):
+    """A micro project with no data yet, one per drill: each drill stops it during its first stage.
+    (Shared by the drills, a drill whose stop came after synth had finished left synth up to date
+    for the next one, which then never saw a synth process and ran to the end.)"""
+    return make_micro_project(tmp_path / "sigterm")
 
 
 def processes_marked(marker: str) -> list[psutil.Process]:
@@ -301,7 +303,7 @@ def wait_for(condition: Callable[[], object], what: str, process: subprocess.Pop
     # the temporary server among them, so queued Prefect logs can no longer be sent
     (["retrain"], "stage synth", True),
     (["ablation"], "exp run", False),
-    (["demo"], "stage synth", False),  # last: it switches the project to the demo profile
+    (["demo"], "stage synth", False),
 ])
 def test_sigterm_stops_the_command_its_stages_and_its_temporary_prefect_server(fresh_project, command,
                                                                                 stage_marker, whole_group):
