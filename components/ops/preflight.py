@@ -18,16 +18,16 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Check", "Machine", "DiskEstimate", "PreflightFailed", "check_project", "accelerate_checks", "accelerate_settings", "data_source_checks",
-           "disk_checks", "disk_estimate", "gpu_memory_checks", "machine_facts", "precision_checks", "preflight",
-           "pretrained_checks", "table", "unet_preset", "url_problem", "wants_gpus"]
+__all__ = ["Check", "DiskEstimate", "Machine", "PreflightFailed", "accelerate_checks", "accelerate_settings",
+           "check_project", "data_source_checks", "disk_checks", "disk_estimate", "gpu_memory_checks", "machine_facts",
+           "precision_checks", "preflight", "pretrained_checks", "table", "unet_preset", "url_problem", "wants_gpus"]
 
 #: What the paper's diffusers folder must hold: per part, groups of files of which one must exist.
 PRETRAINED_PARTS: dict[str, tuple[tuple[str, ...], ...]] = {
     "unet": (("config.json",), ("diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.bin")),
     "vae": (("config.json",), ("diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.bin")),
     "text_encoder": (("config.json",), ("model*.safetensors", "pytorch_model*.bin")),
-    "tokenizer": (("tokenizer.json", "vocab.json"),),
+    "tokenizer": (("tokenizer.json", "vocab.json"), ("tokenizer.json", "merges.txt")),
     "scheduler": (("scheduler_config.json",),),
 }
 #: The UNet config keys that must match ``model.unet``'s preset for the conversion to load.
@@ -99,9 +99,10 @@ class DiskEstimate:
 
 
 def _size(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(count) < 1000 or unit == "TB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+    """Bytes in decimal units: 512 B, 7.3 MB, 98.2 GB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(count) < 1000:
+            return f"{count:.0f} B" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1000
     return f"{count:.1f} TB"
 
@@ -161,7 +162,7 @@ def _json(path: Path) -> dict[str, Any] | None:
 
 
 def _plain(value: Any) -> Any:
-    """Lists and tuples alike, and a single head size the same as that size repeated (SD's configs do both)."""
+    """Lists and tuples compare alike (a JSON config has lists, a preset may have tuples)."""
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
