@@ -313,8 +313,11 @@ def test_sigterm_stops_the_command_its_stages_and_its_temporary_prefect_server(f
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         def stage_running():
-            return any(stage_marker in " ".join(p.cmdline()) for p in processes_marked(marker)
-                       if p.pid != main.pid)
+            for process in processes_marked(marker):
+                with contextlib.suppress(psutil.Error):  # a short-lived process may end while we look
+                    if process.pid != main.pid and stage_marker in " ".join(process.cmdline()):
+                        return True
+            return False
 
         wait_for(stage_running, f"a process running {stage_marker!r}", main)
         started = processes_marked(marker)

@@ -328,9 +328,16 @@ def test_promotion_moves_champion_for_a_better_challenger_not_a_broken_one_then_
 def test_a_failing_stage_fails_the_flow_and_names_the_stage(project, first_run, tmp_path):
     from flows.retrain import StageFailed, retrain
 
+    from components.config import ParamsError
+
     broken = tmp_path / "broken"
     shutil.copytree(project, broken, ignore=shutil.ignore_patterns("data", ".dvc/cache"))
+    stage = broken / "flows/stages/synth.py"  # the stage's own code fails when it runs
+    stage.write_text(stage.read_text() + "\nraise RuntimeError('synth broken on purpose by the test')\n")
+    with pytest.raises(StageFailed, match=r"stage 'synth' failed.*\n(.|\n)*synth broken on purpose"):
+        retrain(project_dir=str(broken))
+    # Invalid params never reach a stage: the preflight (the run's first task) names the key.
     params = (broken / "params.yaml").read_text().replace("cells: 24", "cells: 0")
     (broken / "params.yaml").write_text(params)
-    with pytest.raises(StageFailed, match=r"stage 'synth' failed.*\n(.|\n)*cells"):
+    with pytest.raises(ParamsError, match=r"synth\.cells"):
         retrain(project_dir=str(broken))
