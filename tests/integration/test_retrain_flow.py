@@ -326,9 +326,8 @@ def test_promotion_moves_champion_for_a_better_challenger_not_a_broken_one_then_
 
 
 def test_a_failing_stage_fails_the_flow_and_names_the_stage(project, first_run, tmp_path):
-    from flows.retrain import StageFailed, retrain
-
     from components.config import ParamsError
+    from flows.retrain import StageFailed, retrain
 
     broken = tmp_path / "broken"
     shutil.copytree(project, broken, ignore=shutil.ignore_patterns("data", ".dvc/cache"))
