@@ -88,7 +88,8 @@ class _Resampler:
         common = sorted(set.intersection(*cell_sets)) if cell_sets else []
         self.cells = common
         number = {cell: k for k, cell in enumerate(common)}
-        self.codes = {(arm.name, seed): np.asarray([number.get(c, -1) for c in table["cell"].astype(str)], dtype=np.int64)
+        self.codes = {(arm.name, seed): np.asarray([number.get(c, -1) for c in table["cell"].astype(str)],
+                                                   dtype=np.int64)
                       for arm in arms for seed, table in arm.tables.items()}
 
     def values(self, arm: Arm, seed: int, statistic: Statistic, draws: np.ndarray) -> np.ndarray:

@@ -238,8 +238,8 @@ class MetricStatistic:
             if source is None or "weight" not in table.columns:
                 return lambda weights: np.full(len(weights), np.nan)
             terms = source == DENOISING_SOURCE
-            error = table["squared_error"].to_numpy(np.float64)
-            return lambda weights: _weighted_ratio(weights, terms, error, table["weight"].to_numpy(np.float64))
+            error, norm = table["squared_error"].to_numpy(np.float64), table["weight"].to_numpy(np.float64)
+            return lambda weights: _weighted_ratio(weights, terms, error, norm)
         if name == "landform_balanced_accuracy":
             requested = table["landform_requested"].to_numpy(dtype=object)
             correct = table["landform_correct"].to_numpy(np.float64)

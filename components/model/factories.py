@@ -102,6 +102,14 @@ def paper_unet_config(**overrides: Any) -> dict[str, Any]:
     return cfg
 
 
+def unet_preset_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """The config of params ``model.unet`` preset ``name`` (tiny, published_tiny, paper) with ``overrides``."""
+    presets = {"tiny": tiny_unet_config, "published_tiny": published_tiny_config, "paper": paper_unet_config}
+    if name not in presets:
+        raise ValueError(f"unknown UNet preset {name!r}; presets: {sorted(presets)}")
+    return presets[name](**overrides)
+
+
 def sd_config(config: dict[str, Any]) -> dict[str, Any]:
     """The matching plain ``UNet2DConditionModel`` arguments (drops ``shared_first_block``)."""
     return {k: v for k, v in config.items() if k != "shared_first_block"}

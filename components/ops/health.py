@@ -12,15 +12,16 @@ import urllib.request
 from collections.abc import Callable
 
 
-def health_problem(url: str, timeout_s: float = 2.0) -> str | None:
-    """None when a GET of `url` answers 2xx, else why not (one line).
+def health_problem(url: str, timeout_s: float = 2.0, method: str = "GET") -> str | None:
+    """None when a GET (or ``method``) of `url` answers 2xx, else why not (one line).
 
     Args:
         url (str): the health endpoint, e.g. ``http://127.0.0.1:4200/api/health``.
         timeout_s (float, default 2.0): seconds for the connection and the answer.
+        method (str, default "GET"): e.g. "HEAD" to ask whether a file is there without reading it.
     """
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as answer:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=timeout_s) as answer:
             if 200 <= answer.status < 300:
                 return None
             return f"HTTP {answer.status}"

@@ -303,17 +303,10 @@ def data_source_checks(root: Path, data: Any, reachable: Callable[[str], str | N
 
 
 def url_problem(url: str, timeout_s: float = 5.0) -> str | None:
-    """None when a HEAD request to `url` answers 2xx or 3xx (nothing is downloaded), else why not."""
-    import urllib.error
-    import urllib.request
+    """None when a HEAD request to `url` answers 2xx (nothing is downloaded), else why not."""
+    from components.ops.health import health_problem
 
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s) as answer:
-            return None if answer.status < 400 else f"HTTP {answer.status}"
-    except urllib.error.HTTPError as err:
-        return f"HTTP {err.code} {err.reason}"
-    except (urllib.error.URLError, OSError, ValueError) as err:  # refused, timed out, unknown host, bad URL
-        return f"unreachable ({getattr(err, 'reason', err)})"
+    return health_problem(url, timeout_s=timeout_s, method="HEAD")
 
 
 # ----------------------------------------------------------------------------- all of it
@@ -331,11 +324,9 @@ def unet_preset(model: Any) -> tuple[Callable[[], dict[str, Any]], Callable[[], 
     """``model.unet``'s preset config and its parameter count (built on the meta device: no memory)."""
     from components.model import factories
 
-    presets = {"tiny": factories.tiny_unet_config, "published_tiny": factories.published_tiny_config,
-               "paper": factories.paper_unet_config}
-
     def config() -> dict[str, Any]:
-        return presets[model.unet](**model.unet_overrides)
+        return factories.unet_preset_config(model.unet, shared_first_block=model.shared_first_block,
+                                            **model.unet_overrides)
 
     def parameters() -> int:
         unet = factories.build_unet(config(), device="meta")

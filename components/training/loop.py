@@ -95,10 +95,8 @@ def build_unet_from_params(model: ModelConfig, latent_px: int, cross_attention_d
     shared = model.shared_first_block
     if model.pretrained:
         return from_pretrained_sd(model.pretrained, shared_first_block=shared)
-    configs = {"tiny": factories.tiny_unet_config, "published_tiny": factories.published_tiny_config,
-               "paper": factories.paper_unet_config}
-    config = configs[model.unet](sample_size=latent_px, cross_attention_dim=cross_attention_dim,
-                                 shared_first_block=shared, **model.unet_overrides)
+    config = factories.unet_preset_config(model.unet, sample_size=latent_px, cross_attention_dim=cross_attention_dim,
+                                          shared_first_block=shared, **model.unet_overrides)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return factories.build_unet(config)

@@ -194,7 +194,7 @@ def test_ingest_metadata_is_present_or_answers_a_head_request(tmp_path, loopback
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    assert "unreachable" in url_problem(f"http://127.0.0.1:{port}/metadata.parquet", timeout_s=2)
+    assert "Connection refused" in url_problem(f"http://127.0.0.1:{port}/metadata.parquet", timeout_s=2)
     [local] = data_source_checks(tmp_path, _ingest_data({"dem": "data/dem/metadata.parquet"}), url_problem)
     assert not local.ok and local.found == "data/dem/metadata.parquet: missing"
 
